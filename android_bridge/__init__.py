@@ -1,0 +1,1 @@
+"""pdlink.android_bridge"""

@@ -1,0 +1,1 @@
+"""pdlink.cloud"""

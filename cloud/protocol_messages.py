@@ -1,0 +1,331 @@
+"""Wire protocol v1: the message structs, ``encode()`` and the ``decode_*()`` functions.
+
+Sans-I/O: nothing here touches a socket. Every frame is one JSON object with a ``type`` tag;
+only ``Hello``/``Welcome`` carry the protocol version (docs/protocol.md). Decoding checks syntax
+and field types only; the value rules live in the ``validate()`` methods, which the connection
+objects of :mod:`pdlink.cloud.protocol` apply.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Union, get_args
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+SUPPORTED_VERSIONS = frozenset({PROTOCOL_VERSION})
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
+MAX_REQUEST_ID_CHARS = 128
+
+REJECT_REASONS = frozenset({"overloaded", "prompt_too_long", "invalid_request", "unauthorized", "shutting_down"})
+DONE_REASONS = frozenset({"stopped", "cancelled", "max_leading_tokens", "eos", "error", "disconnected"})
+
+
+class ProtocolError(Exception):
+    """A frame, or an action, that breaks the protocol.
+
+    ``code`` is one of the error codes of docs/protocol.md; ``request_id`` is the request the
+    frame named when it could be read; ``msg_type`` is the frame's ``type`` when it had one.
+    """
+
+    def __init__(self, code: str, message: str, request_id: str | None = None, msg_type: str | None = None):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+        self.msg_type = msg_type
+
+
+class LocalProtocolError(ProtocolError):
+    """Raised by the connection objects' send methods when the local caller breaks the protocol (a bug)."""
+
+
+def request_id_problem(request_id: object) -> str | None:
+    """Why ``request_id`` is not a valid request id (1..128 printable characters), or None."""
+    if not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_REQUEST_ID_CHARS:
+        return f"request_id must be a string of 1..{MAX_REQUEST_ID_CHARS} characters"
+    if not request_id.isprintable():
+        return "request_id must be printable"
+    return None
+
+
+class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", forbid_unknown_fields=False):
+    """Base of every wire message; ``type`` (the tag) names the subclass on the wire."""
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
+    """What a server accepts; sent in ``Welcome.limits``."""
+
+    max_prompt_tokens: int = 4096
+    max_leading_tokens: int = 64
+    max_concurrent_requests: int = 4
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+
+
+class SamplingParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
+    """How the cloud samples leading tokens; ``temperature == 0`` is greedy, ``top_k == 0`` is off."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+
+    def validate(self) -> str | None:
+        """The first broken rule as a sentence, or None when the parameters are valid."""
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            return "sampling.temperature must be a finite number >= 0"
+        if not 0.0 < self.top_p <= 1.0:
+            return "sampling.top_p must be in (0, 1]"
+        if self.top_k < 0:
+            return "sampling.top_k must be >= 0"
+        if self.seed is not None and not 0 <= self.seed < 2**64:
+            return "sampling.seed must be in [0, 2**64)"
+        return None
+
+
+class RefineOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
+    """Ask the cloud for a ``RefinedPrompt``: keep ``keep_ratio`` of the prompt, always the last ``window`` tokens."""
+
+    enabled: bool = True
+    keep_ratio: float = 0.5
+    window: int = 0
+
+    def validate(self) -> str | None:
+        """The first broken rule as a sentence, or None when the options are valid."""
+        if not (math.isfinite(self.keep_ratio) and 0.0 < self.keep_ratio <= 1.0):
+            return "refine.keep_ratio must be in (0, 1]"
+        if self.window < 0:
+            return "refine.window must be >= 0"
+        return None
+
+
+# ---- client -> server -------------------------------------------------------------------------
+
+
+class Hello(Message, tag="hello"):
+    """First frame of every connection (client -> server)."""
+
+    protocol_version: int
+    model_id: str
+    tokenizer_hash: str
+    auth_token: str | None = None
+    device_profile: dict[str, Any] | None = None
+    client: str = ""
+
+
+class PrefillRequest(Message, tag="prefill"):
+    """Prefill one prompt and stream at most ``max_leading_tokens`` tokens (client -> server)."""
+
+    request_id: str
+    max_leading_tokens: int
+    prompt_token_ids: list[int] | None = None
+    prompt_text: str | None = None
+    sampling: SamplingParams = msgspec.field(default_factory=SamplingParams)
+    stop_token_ids: list[int] = []
+    refine: RefineOptions | None = None
+
+    def validate(self) -> str | None:
+        """The first broken rule as a sentence, or None. Vocabulary and limits are the server's to check."""
+        problem = request_id_problem(self.request_id)
+        if problem:
+            return problem
+        if (self.prompt_token_ids is None) == (self.prompt_text is None):
+            return "exactly one of prompt_token_ids and prompt_text must be given"
+        if not (self.prompt_token_ids or self.prompt_text):
+            return "the prompt is empty"
+        if self.max_leading_tokens < 1:
+            return "max_leading_tokens must be >= 1"
+        if any(t < 0 for t in self.prompt_token_ids or ()) or any(t < 0 for t in self.stop_token_ids):
+            return "token ids must be >= 0"
+        return self.sampling.validate() or (self.refine.validate() if self.refine else None)
+
+
+class Stop(Message, tag="stop"):
+    """The client has what it needs through token ``after_index`` (0-based); the cloud sends no token past it."""
+
+    request_id: str
+    after_index: int
+
+    def validate(self) -> str | None:
+        """The first broken rule as a sentence, or None."""
+        return request_id_problem(self.request_id) or (None if self.after_index >= 0 else "after_index must be >= 0")
+
+
+class Cancel(Message, tag="cancel"):
+    """Abandon a request; no more tokens for it, a ``Done(reason="cancelled")`` follows."""
+
+    request_id: str
+
+    def validate(self) -> str | None:
+        """The first broken rule as a sentence, or None."""
+        return request_id_problem(self.request_id)
+
+
+class Ping(Message, tag="ping"):
+    """Liveness / round-trip probe; answered by a ``Pong`` with the same ``nonce``."""
+
+    nonce: int = 0
+
+
+# ---- server -> client -------------------------------------------------------------------------
+
+
+class Welcome(Message, tag="welcome"):
+    """Answer to an accepted ``Hello`` (server -> client)."""
+
+    protocol_version: int
+    server: str
+    model_id: str
+    tokenizer_hash: str
+    limits: Limits = msgspec.field(default_factory=Limits)
+
+
+class Accepted(Message, tag="accepted"):
+    """The request is queued; tokens follow."""
+
+    request_id: str
+    queue_position: int = 0
+    estimated_ttft_s: float = 0.0
+
+
+class Rejected(Message, tag="rejected"):
+    """The request will not run; terminal (no ``Done`` follows). ``reason`` is one of ``REJECT_REASONS``."""
+
+    request_id: str
+    reason: str
+    message: str = ""
+    retry_after_s: float | None = None
+
+
+class Token(Message, tag="token"):
+    """One leading token. ``cloud_time_s`` is the server's monotonic clock (only differences mean anything)."""
+
+    request_id: str
+    index: int
+    token_id: int
+    text: str = ""
+    cloud_time_s: float = 0.0
+
+
+class RefinedPrompt(Message, tag="refined_prompt"):
+    """Prompt token positions (increasing, 0-based) the device should keep when it prefills itself."""
+
+    request_id: str
+    kept_indices: list[int]
+    keep_ratio: float
+
+
+class Done(Message, tag="done"):
+    """The request is over; terminal. ``reason`` is one of ``DONE_REASONS``."""
+
+    request_id: str
+    reason: str
+    tokens_sent: int
+    cloud_busy_s: float = 0.0
+
+
+class Error(Message, tag="error"):
+    """Something about a frame was wrong. Never ends a request by itself; ``fatal`` ends the connection."""
+
+    code: str
+    message: str
+    request_id: str | None = None
+    fatal: bool = False
+
+
+class Pong(Message, tag="pong"):
+    """Answer to ``Ping``."""
+
+    nonce: int = 0
+
+
+ClientMessage = Union[Hello, PrefillRequest, Stop, Cancel, Ping]
+ServerMessage = Union[Welcome, Accepted, Rejected, Token, RefinedPrompt, Done, Error, Pong]
+
+_CLIENT_TAGS = frozenset(c.__struct_config__.tag for c in get_args(ClientMessage))
+_SERVER_TAGS = frozenset(c.__struct_config__.tag for c in get_args(ServerMessage))
+_client_decoder = msgspec.json.Decoder(ClientMessage)
+_server_decoder = msgspec.json.Decoder(ServerMessage)
+_encoder = msgspec.json.Encoder()
+# Reading a frame can fail in more ways than msgspec.DecodeError: invalid UTF-8 (or lone surrogates
+# in a str) and very deep nesting surface as UnicodeError and RecursionError.
+_READ_ERRORS = (msgspec.DecodeError, UnicodeError, RecursionError)
+
+
+def encode(msg: Message) -> str:
+    """The JSON text frame for ``msg``. Raises ``TypeError`` for anything that is not a message struct."""
+    if not isinstance(msg, Message):
+        raise TypeError(f"not a protocol message: {type(msg).__name__}")
+    return _encoder.encode(msg).decode("utf-8")
+
+
+def decode_client(frame: str | bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> ClientMessage:
+    """Decode a client->server frame. Raises ``ProtocolError`` (and nothing else) for any bad frame."""
+    return _decode(frame, max_bytes, _client_decoder, _CLIENT_TAGS, Hello)
+
+
+def decode_server(frame: str | bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> ServerMessage:
+    """Decode a server->client frame. Raises ``ProtocolError`` (and nothing else) for any bad frame."""
+    return _decode(frame, max_bytes, _server_decoder, _SERVER_TAGS, Welcome)
+
+
+def _decode(frame, max_bytes, decoder, tags, versioned):
+    if isinstance(frame, (bytearray, memoryview)):
+        frame = bytes(frame)
+    if not isinstance(frame, (str, bytes)):
+        raise ProtocolError("malformed_json", f"a frame must be str or bytes, not {type(frame).__name__}")
+    size = len(frame)
+    if isinstance(frame, str) and size <= max_bytes < 4 * size:  # a char is 1..4 UTF-8 bytes
+        size = len(frame.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise ProtocolError("oversized", f"frame of {size} bytes is over the {max_bytes}-byte limit")
+    try:
+        msg = decoder.decode(frame)
+    except msgspec.ValidationError as exc:
+        raise _classify(frame, exc, tags, versioned) from None
+    except _READ_ERRORS as exc:
+        raise ProtocolError("malformed_json", f"frame is not valid JSON: {exc}") from None
+    if isinstance(msg, versioned) and msg.protocol_version not in SUPPORTED_VERSIONS:
+        raise _version_error(msg.protocol_version, versioned)
+    return msg
+
+
+def _classify(frame, exc: msgspec.ValidationError, tags, versioned) -> ProtocolError:
+    """Turn a typed-decode failure into the most specific ``ProtocolError``, re-reading the frame untyped."""
+    try:
+        obj = msgspec.json.decode(frame)
+    except (*_READ_ERRORS, msgspec.ValidationError):  # typed decoding can stop before the bad part
+        return ProtocolError("malformed_json", f"frame is not valid JSON: {exc}")
+    if not isinstance(obj, dict):
+        return ProtocolError("not_an_object", f"a frame must be a JSON object, got {type(obj).__name__}")
+    msg_type = obj.get("type")
+    rid = obj.get("request_id")
+    rid = rid if request_id_problem(rid) is None else None
+    if "type" not in obj:
+        return ProtocolError("missing_type", "the frame has no `type` field", rid)
+    if not isinstance(msg_type, str) or msg_type not in tags:
+        return ProtocolError("unknown_type", f"unknown message type {_short(msg_type)}", rid)
+    tag = versioned.__struct_config__.tag
+    version = obj.get("protocol_version")
+    if msg_type == tag and not (type(version) is int and version in SUPPORTED_VERSIONS):
+        return _version_error(version, versioned)
+    return ProtocolError("bad_field", f"bad `{msg_type}` message: {exc}", rid, msg_type)
+
+
+def _version_error(version, versioned) -> ProtocolError:
+    supported = ", ".join(map(str, sorted(SUPPORTED_VERSIONS)))
+    return ProtocolError(
+        "unsupported_version",
+        f"protocol_version {_short(version)} is not supported; supported: {supported}",
+        msg_type=versioned.__struct_config__.tag,
+    )
+
+
+def _short(value: object) -> str:
+    """A bounded rendering of a peer's value for an error message."""
+    if isinstance(value, str):
+        return repr(value[:64])
+    if isinstance(value, bool) or value is None or (isinstance(value, int) and abs(value) < 10**18):
+        return repr(value)
+    return f"<{type(value).__name__}>"

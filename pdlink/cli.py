@@ -1,0 +1,142 @@
+"""The ``pdlink`` command line: compile, generate, chat, bench, cloud."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+class CLIError(Exception):
+    """An error to show the user as one line, exit status 2."""
+
+
+def _add_compile(sub) -> None:
+    p = sub.add_parser("compile", help="compile a model into a package for a target")
+    p.add_argument("--model", required=True, help="smollm2-135m, a .gguf file, or an HF model directory")
+    p.add_argument("--target", default="host", help="target preset (see `pdlink targets`)")
+    p.add_argument("--quant", default="q4_1", help="f32, f16, q4f16, q4f32, q4_1")
+    p.add_argument("--output", "-o", required=True, help="package directory to write")
+    p.add_argument("--prefill-chunk-size", type=int, default=2048)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_compile)
+
+
+def _cmd_compile(args) -> int:
+    from pdlink.compile.builder import CompileConfig, build_package
+
+    cfg = CompileConfig(
+        model=args.model, target=args.target, quant=args.quant, output=args.output,
+        prefill_chunk_size=args.prefill_chunk_size, show_progress=not args.quiet,
+    )
+    build_package(cfg)
+    return 0
+
+
+def _cmd_targets(args) -> int:
+    from pdlink.compile.target import target_presets
+
+    for preset in target_presets().values():
+        print(f"{preset.name:22s} {preset.lib_format:4s} {preset.description}")
+    return 0
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="generate a reply to one prompt")
+    p.add_argument("--package", help="compiled package directory (device and pd modes)")
+    p.add_argument("--mode", default="device", choices=["device", "cloud", "pd"])
+    p.add_argument("--cloud", help="cloud service URL, ws://host:port (cloud and pd modes)")
+    p.add_argument("--auth-token-file", help="file holding the cloud's bearer token")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="prompt text")
+    src.add_argument("--prompt-file", help="file holding the prompt text")
+    p.add_argument("--raw", action="store_true", help="do not wrap the prompt in the chat template")
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--threads", type=int, default=0, help="engine threads (0 = all cores)")
+    p.add_argument("--context", type=int, default=0, help="context window in tokens (0 = the model's)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    p.set_defaults(func=_cmd_generate)
+
+
+def _read_prompt(args) -> str:
+    if args.prompt is not None:
+        return args.prompt
+    path = Path(args.prompt_file)
+    if not path.is_file():
+        raise CLIError(f"prompt file {args.prompt_file!r} does not exist")
+    return path.read_text()
+
+
+def _cmd_generate(args) -> int:
+    from pdlink.edge.engine import Engine, EngineConfig
+    from pdlink.edge.generator import Generation, GenerationConfig
+    from pdlink.edge.sampler import SamplingParams
+
+    if args.mode != "device":
+        raise CLIError(f"--mode {args.mode} needs the cloud client, which this build does not include yet")
+    if not args.package:
+        raise CLIError("--package is required in device mode")
+    sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+    gen_cfg = GenerationConfig(max_tokens=args.max_tokens, sampling=sampling, stop_strings=tuple(args.stop))
+    prompt = _read_prompt(args)
+    engine = Engine(EngineConfig(package=args.package, num_threads=args.threads, context_window=args.context))
+    prompt_ids = engine.tokenizer.encode(prompt) if args.raw else engine.tokenizer.encode_chat(prompt)
+    gen = Generation(engine, prompt_ids, gen_cfg)
+    for event in gen:
+        if not args.json:
+            print(event.text, end="", flush=True)
+    result = gen.result
+    if args.json:
+        print(json.dumps(_result_json(result, args.mode)))
+    else:
+        print(gen.tail_text)
+    return 0
+
+
+def _result_json(result, mode: str) -> dict:
+    tokens = len(result.token_ids)
+    return {
+        "text": result.text,
+        "token_ids": result.token_ids,
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": tokens,
+        "finish_reason": result.finish_reason,
+        "mode": mode,
+        "prefill_s": result.prefill_s,
+        "decode_s": result.decode_s,
+        "prefill_tok_s": result.prompt_tokens / result.prefill_s if result.prefill_s else None,
+        "decode_tok_s": (tokens - 1) / result.decode_s if tokens > 1 and result.decode_s else None,
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pdlink", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_compile(sub)
+    sub.add_parser("targets", help="list target presets").set_defaults(func=_cmd_targets)
+    _add_generate(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from pdlink.compile.checkpoint import CheckpointError
+    from pdlink.edge.engine import PromptTooLongError
+    from pdlink.edge.package import PackageError
+
+    try:
+        return args.func(args)
+    except (CLIError, CheckpointError, PackageError, PromptTooLongError, ValueError, KeyboardInterrupt) as exc:
+        print(f"pdlink: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

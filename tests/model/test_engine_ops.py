@@ -1,0 +1,122 @@
+"""Engine operations on the real model: chunking, appended tokens, batching, fork, limits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pdlink.edge.engine import PromptTooLongError
+from pdlink.edge.generator import Generation, GenerationConfig, generate
+from pdlink.edge.tokenizer import StreamingDetokenizer
+
+pytestmark = pytest.mark.model
+
+
+@pytest.fixture
+def engine(f32_engine):
+    yield f32_engine
+    for seq in f32_engine.sequences:
+        f32_engine.remove_sequence(seq)
+
+
+@pytest.fixture(scope="module")
+def ids(f32_engine):
+    return f32_engine.tokenizer.encode_chat("Tell me about the history of the bicycle in a few sentences.")
+
+
+def _prefill(engine, tokens, chunk=None):
+    seq = engine.add_sequence()
+    logits = engine.prefill(seq, tokens, chunk_size=chunk)
+    return seq, logits
+
+
+def test_chunked_prefill_equals_one_shot(engine, ids):
+    a, whole = _prefill(engine, ids)
+    b, chunked = _prefill(engine, ids, chunk=7)
+    assert engine.num_computed_tokens(a) == engine.num_computed_tokens(b) == len(ids)
+    np.testing.assert_allclose(whole, chunked, atol=2e-3)
+    assert int(whole.argmax()) == int(chunked.argmax())
+
+
+def test_tokens_from_elsewhere_append_as_prefill(engine, ids):
+    """Greedy tokens received from the cloud, appended as one prefill, give the same next token."""
+    reply = generate(engine, ids, GenerationConfig(max_tokens=12, ignore_eos=True)).token_ids
+    seq, _ = _prefill(engine, ids)
+    logits = engine.prefill(seq, reply[:-1])
+    assert engine.num_computed_tokens(seq) == len(ids) + len(reply) - 1
+    assert int(logits.argmax()) == reply[-1]
+
+
+def test_batch_decode_equals_single_decodes(engine, ids):
+    other = engine.tokenizer.encode_chat("Name a prime number.")
+    a, la = _prefill(engine, ids)
+    b, lb = _prefill(engine, other)
+    ta, tb = int(la.argmax()), int(lb.argmax())
+    batched = engine.batch_decode([a, b], [ta, tb])
+    engine.rollback(a, 1)
+    engine.rollback(b, 1)
+    np.testing.assert_allclose(batched[0], engine.decode(a, ta), atol=2e-3)
+    np.testing.assert_allclose(batched[1], engine.decode(b, tb), atol=2e-3)
+
+
+def test_batch_prefill_equals_single_prefills(engine, ids):
+    other = engine.tokenizer.encode_chat("Name a prime number.")
+    a, b = engine.add_sequence(), engine.add_sequence()
+    out = engine.batch_prefill({a: ids, b: other})
+    _, la = _prefill(engine, ids)
+    np.testing.assert_allclose(out[a], la, atol=2e-3)
+    assert engine.num_computed_tokens(b) == len(other)
+
+
+def test_fork_shares_the_prefix(engine, ids):
+    parent, logits = _prefill(engine, ids)
+    child = engine.fork_sequence(parent)
+    token = int(logits.argmax())
+    np.testing.assert_allclose(engine.decode(parent, token), engine.decode(child, token), atol=2e-3)
+    engine.remove_sequence(child)
+    assert child not in engine.sequences
+    with pytest.raises(KeyError):
+        engine.decode(child, token)
+
+
+def test_prompt_over_the_context_window_is_refused_and_loses_nothing(engine):
+    seq = engine.add_sequence()
+    engine.prefill(seq, [1, 2, 3])
+    with pytest.raises(PromptTooLongError, match="context window"):
+        engine.prefill(seq, [5] * engine.context_window)
+    assert engine.num_computed_tokens(seq) == 3
+
+
+def test_token_ids_outside_the_vocabulary_are_refused(engine):
+    seq = engine.add_sequence()
+    with pytest.raises(ValueError, match="token ids"):
+        engine.prefill(seq, [1, engine.model_config.vocab_size])
+    with pytest.raises(ValueError, match="at least one"):
+        engine.prefill(seq, [])
+    assert engine.num_computed_tokens(seq) == 0
+
+
+def test_streaming_text_never_breaks_utf8(engine):
+    tok = engine.tokenizer
+    text = "Grüße aus Köln! 😀 Ça va? 東京"
+    detok = StreamingDetokenizer(tok)
+    pieces = [detok.add(t) for t in tok.encode(text)] + [detok.flush()]
+    assert "".join(pieces) == text
+    assert all("\ufffd" not in p for p in pieces)
+
+
+def test_stop_strings_cut_the_text_and_the_stream(engine, ids):
+    free = generate(engine, ids, GenerationConfig(max_tokens=24, ignore_eos=True)).text
+    stop = free.split()[3]
+    gen = Generation(engine, ids, GenerationConfig(max_tokens=24, stop_strings=(stop,)))
+    streamed = "".join(e.text for e in gen) + gen.tail_text
+    assert gen.result.finish_reason == "stop"
+    assert stop not in gen.result.text and free.startswith(gen.result.text)
+    assert streamed == gen.result.text
+
+
+def test_sampling_with_seed_is_reproducible(engine, ids):
+    from pdlink.edge.sampler import SamplingParams
+
+    cfg = GenerationConfig(max_tokens=10, sampling=SamplingParams(temperature=0.8, top_p=0.9, seed=11))
+    assert generate(engine, ids, cfg).token_ids == generate(engine, ids, cfg).token_ids
