@@ -115,12 +115,41 @@ def _result_json(result, mode: str) -> dict:
     }
 
 
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="benchmarks (JSON + plots)")
+    which = p.add_subparsers(dest="bench", required=True)
+    e = which.add_parser("engine", help="pdlink packages vs llama.cpp and transformers")
+    e.add_argument("--output", default="bench/results")
+    e.add_argument("--threads", type=int, default=0, help="threads for every engine (0 = all cores)")
+    e.add_argument("--lengths", type=int, nargs="+", default=[128, 512, 1024, 2048])
+    e.add_argument("--decode-tokens", type=int, default=64)
+    e.add_argument("--repeats", type=int, default=3)
+    e.add_argument("--engines", nargs="+", default=["pdlink-q4_1", "pdlink-f32", "llama.cpp", "transformers"])
+    e.set_defaults(func=_cmd_bench_engine)
+
+
+def _cmd_bench_engine(args) -> int:
+    from pdlink.bench.engine import EngineBenchConfig, run_engine_bench
+
+    cfg = EngineBenchConfig(
+        output=args.output, threads=args.threads, lengths=tuple(args.lengths), decode_tokens=args.decode_tokens,
+        repeats=args.repeats, engines=tuple(args.engines),
+    )
+    report = run_engine_bench(cfg)
+    keys = ("decode_ratio_q4_vs_llamacpp", "prefill_ratio_q4_vs_llamacpp", "decode_ratio_f32_vs_transformers",
+            "rss_ratio_q4_vs_llamacpp")
+    print(json.dumps({k: report[k] for k in keys}, indent=2))
+    print(f"wrote {Path(args.output) / 'engine.json'} and engine.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pdlink", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_compile(sub)
     sub.add_parser("targets", help="list target presets").set_defaults(func=_cmd_targets)
     _add_generate(sub)
+    _add_bench(sub)
     return parser
 
 

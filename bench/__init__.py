@@ -1,0 +1,1 @@
+"""pdlink.bench: benchmarks that write JSON + plots (``pdlink bench ...``)."""
