@@ -31,6 +31,8 @@ demo: $(PACKAGE)/manifest.json
 	$(PDLINK) generate --package $(PACKAGE) --prompt "Explain in two sentences why the sky is blue." --max-tokens 96 --temperature 0
 
 test: $(STAMP)
+	# qemu-user-static + the aarch64 cross toolchain: the linux-arm64 package is run under emulation.
+	bash android_bridge/install_cross_tools.sh
 	$(PY) -m pytest -q -ra tests
 
 test-fast: $(STAMP)

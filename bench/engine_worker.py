@@ -17,6 +17,14 @@ from pdlink.bench.workload import prompt_of_length
 
 
 def _rss_mib() -> float:
+    """Peak resident set of this process (VmHWM). ``ru_maxrss`` would carry over the parent's peak
+    across fork+exec, so it is only the fallback."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

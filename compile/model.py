@@ -13,7 +13,16 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedK
 from tvm import relax as rx
 
 from pdlink.compile.quantization import Quantization
-from pdlink.compile.schedule import LANES, PARTIAL_BLOCK, SUM_BLOCK
+from pdlink.compile.schedule import (
+    DEQUANT_BLOCK,
+    GEMM_BLOCK,
+    LANES,
+    PAD_BLOCK,
+    PARTIAL_BLOCK,
+    ROW_TILE,
+    SUM_BLOCK,
+    UNPAD_BLOCK,
+)
 from pdlink.compile.weight_format import WeightFormat
 from pdlink.edge.model_config import LlamaConfig
 
@@ -34,21 +43,18 @@ class FormattedMatrix(nn.Module):
     def matmul_nt(self, x: nn.Tensor, name: str) -> nn.Tensor:
         """``x @ W.T`` for ``x`` of shape ``[rows, in]`` -> ``[rows, out]`` (float32).
 
-        Written as ``LANES`` interleaved partial sums and a final sum over them, so the CPU schedule
-        (:mod:`pdlink.compile.schedule`) can vectorize along ``in`` without a reduction rfactor.
+        One row (decode) is a GEMV: ``LANES`` interleaved partial sums per output, so the schedule
+        vectorizes along ``in`` straight from the packed weights. More rows (prefill, batches) are a
+        GEMM over rows padded to a multiple of ``ROW_TILE`` (no bounds checks in the inner loop),
+        reading a dequantized weight tile. Both are scheduled in :mod:`pdlink.compile.schedule`.
         """
         suffixes, fmt, n_in, n_out = self.suffixes, self.fmt, self.in_features, self.out_features
+        single_row = isinstance(x.shape[0], int) and x.shape[0] == 1
 
         def compute(xt: te.Tensor, *arrays: te.Tensor):
             named = dict(zip(suffixes, arrays))
-            ko = te.reduce_axis((0, n_in // LANES), name="ko")
-            partial = te.compute(
-                (xt.shape[0], n_out, LANES),
-                lambda i, o, l: te.sum(xt[i, ko * LANES + l] * fmt.element(named, o, ko * LANES + l), axis=ko),
-                name=PARTIAL_BLOCK,
-            )
-            lane = te.reduce_axis((0, LANES), name="lane")
-            return te.compute((xt.shape[0], n_out), lambda i, o: te.sum(partial[i, o, lane], axis=lane), name=SUM_BLOCK)
+            element = lambda o, k: fmt.element(named, o, k)  # noqa: E731
+            return _gemv(xt, element, n_in, n_out) if single_row else _gemm(xt, element, n_in, n_out)
 
         return nn.tensor_expr_op(compute, name, [x, *self._arrays()])
 
@@ -61,6 +67,28 @@ class FormattedMatrix(nn.Module):
             return te.compute((idt.shape[0], n_in), lambda i, k: fmt.element(named, idt[i], k), name="take_rows")
 
         return nn.tensor_expr_op(compute, name, [ids, *self._arrays()])
+
+
+def _gemv(x: te.Tensor, element, n_in: int, n_out: int) -> te.Tensor:
+    ko = te.reduce_axis((0, n_in // LANES), name="ko")
+    partial = te.compute(
+        (x.shape[0], n_out, LANES),
+        lambda i, o, lane: te.sum(x[i, ko * LANES + lane] * element(o, ko * LANES + lane), axis=ko),
+        name=PARTIAL_BLOCK,
+    )
+    lane = te.reduce_axis((0, LANES), name="lane")
+    return te.compute((x.shape[0], n_out), lambda i, o: te.sum(partial[i, o, lane], axis=lane), name=SUM_BLOCK)
+
+
+def _gemm(x: te.Tensor, element, n_in: int, n_out: int) -> te.Tensor:
+    rows = x.shape[0]
+    padded = (rows + ROW_TILE - 1) // ROW_TILE * ROW_TILE
+    zero = tirx.const(0, "float32")
+    x_pad = te.compute((padded, n_in), lambda i, k: tirx.if_then_else(i < rows, x[i, k], zero), name=PAD_BLOCK)
+    weight = te.compute((n_out, n_in), element, name=DEQUANT_BLOCK)
+    k = te.reduce_axis((0, n_in), name="k")
+    y_pad = te.compute((padded, n_out), lambda i, o: te.sum(x_pad[i, k] * weight[o, k], axis=k), name=GEMM_BLOCK)
+    return te.compute((rows, n_out), lambda i, o: y_pad[i, o], name=UNPAD_BLOCK)
 
 
 class Linear(nn.Module):

@@ -1,15 +1,22 @@
-"""CPU schedules for the kernels the default TVM pipeline leaves naive.
+"""CPU schedules for the weight matmuls (see ``FormattedMatrix.matmul_nt``).
 
-The weight matmul (see ``FormattedMatrix.matmul_nt``) is computed as ``LANES`` partial sums per
-output. Its schedule:
+GEMV (one row, decode)::
 
-    for o_tile   (parallel)             # a tile of output rows: its weights stay in cache
-      for i_tile                        # all activation rows, I_TILE at a time
-        for o in o_tile
-          for ko                        # reduction, LANES elements at a time
-            for i in i_tile (unrolled)  # each dequantized weight vector reused I_TILE times
-              for lane (vectorized)
+    for o_tile (parallel)                  # O_TILE output rows
+      for o in o_tile
+        for ko                             # reduction, LANES elements at a time
+          for lane (vectorized)            # partial[lane] += x[k] * W(o, k), read from packed weights
         final sum over lanes, then any fused elementwise epilogue
+
+GEMM (rows padded to a multiple of ROW_TILE: prefill, batches)::
+
+    for o_tile (parallel)                  # GEMM_O_TILE outputs = one vector register
+      Wt[k, o] = W(o_tile + o, k)          # dequantize the tile once, transposed
+      for i_tile                           # ROW_TILE rows at a time
+        for k
+          for i in i_tile (unrolled)       # acc[i, :] += x[i, k] * Wt[k, :]
+            for o (vectorized)
+        write acc (unpad), then any fused elementwise epilogue
 """
 
 from __future__ import annotations
@@ -20,8 +27,13 @@ from tvm.s_tir import dlight as dl
 LANES = 16
 PARTIAL_BLOCK = "matmul_nt_partial"
 SUM_BLOCK = "matmul_nt"
-I_TILE = 4
 O_TILE = 16
+PAD_BLOCK = "pad_rows"
+DEQUANT_BLOCK = "dequant_w"
+GEMM_BLOCK = "matmul_nt_gemm"
+UNPAD_BLOCK = "unpad_rows"
+ROW_TILE = 8
+GEMM_O_TILE = 16
 
 
 def _block_names(sch: s_tir.Schedule) -> list[str]:
@@ -32,25 +44,50 @@ def _block_names(sch: s_tir.Schedule) -> list[str]:
 
 @dl.ScheduleRule.from_callable("pdlink_matmul_nt")
 def schedule_matmul_nt(func: tirx.PrimFunc, target, _tunable: bool):
-    """Schedule a function that contains the partial-sum weight matmul; None for other functions."""
+    """Schedule a function holding a weight matmul (GEMV or GEMM form); None for other functions."""
     if not isinstance(func, tirx.PrimFunc):
         return None
     sch = s_tir.Schedule(func)
     names = _block_names(sch)
-    if PARTIAL_BLOCK not in names or SUM_BLOCK not in names:
-        return None
+    if PARTIAL_BLOCK in names and SUM_BLOCK in names:
+        _schedule_gemv(sch, [n for n in names if n not in (PARTIAL_BLOCK, SUM_BLOCK)])
+        return sch
+    if GEMM_BLOCK in names and DEQUANT_BLOCK in names:
+        _schedule_gemm(sch, [n for n in names if n not in (PAD_BLOCK, DEQUANT_BLOCK, GEMM_BLOCK)])
+        return sch
+    return None
+
+
+def _schedule_gemv(sch: s_tir.Schedule, epilogue: list[str]) -> None:
     partial, final = sch.get_sblock(PARTIAL_BLOCK), sch.get_sblock(SUM_BLOCK)
     i, o, lane, ko = sch.get_loops(partial)
     o_outer, o_inner = sch.split(o, [None, O_TILE])
-    i_outer, i_inner = sch.split(i, [None, I_TILE])
-    sch.reorder(o_outer, i_outer, o_inner, ko, i_inner, lane)
+    sch.reorder(o_outer, i, o_inner, ko, lane)
     sch.parallel(o_outer)
     sch.reverse_compute_at(final, o_inner)
-    for name in names:
-        if name not in (PARTIAL_BLOCK, SUM_BLOCK):
-            sch.reverse_compute_at(sch.get_sblock(name), o_inner)
+    for name in epilogue:
+        sch.reverse_compute_at(sch.get_sblock(name), o_inner)
     sch.set_scope(partial, 0, "local")
-    sch.unroll(i_inner)
     sch.vectorize(lane)
     sch.decompose_reduction(partial, ko)
-    return sch
+
+
+def _schedule_gemm(sch: s_tir.Schedule, epilogue: list[str]) -> None:
+    gemm, dequant = sch.get_sblock(GEMM_BLOCK), sch.get_sblock(DEQUANT_BLOCK)
+    i, o, k = sch.get_loops(gemm)
+    o_outer, o_inner = sch.split(o, [None, GEMM_O_TILE])
+    i_outer, i_inner = sch.split(i, [None, ROW_TILE])
+    sch.reorder(o_outer, i_outer, k, i_inner, o_inner)
+    acc = sch.cache_write(gemm, 0, "local")
+    sch.reverse_compute_at(acc, i_outer)
+    for name in epilogue:  # the unpad copy first, then fused elementwise ops, all per row tile
+        sch.reverse_compute_at(sch.get_sblock(name), i_outer)
+    sch.compute_at(dequant, o_outer)
+    sch.transform_layout(dequant, ("write", 0), lambda row, col: (col, row))
+    dq_o, dq_k = sch.get_loops(dequant)[-2:]
+    sch.reorder(dq_k, dq_o)
+    sch.parallel(o_outer)
+    sch.unroll(i_inner)
+    sch.vectorize(o_inner)
+    sch.decompose_reduction(gemm, k)
+    sch.vectorize(sch.get_loops(acc)[-1])
