@@ -80,9 +80,9 @@ def measure_read_bandwidth(threads: int, megabytes: int = 512, repeats: int = 5)
 
 
 def _ensure_package(quant: str, root: Path) -> Path:
-    from pdlink.compile.builder import CompileConfig, build_package
+    from pdlink.compile.builder import CompileConfig, build_package, compiler_fingerprint
 
-    out = root / f"smollm2-135m-{quant}-host"
+    out = root / f"smollm2-135m-{quant}-host-{compiler_fingerprint()}"
     if not (out / "manifest.json").is_file():
         build_package(CompileConfig(model="smollm2-135m", target="host", quant=quant, output=str(out)))
     return out

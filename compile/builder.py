@@ -53,6 +53,19 @@ class CompileConfig:
             raise ValueError("--page-size must be one of 8, 16, 32, 64")
 
 
+def compiler_fingerprint() -> str:
+    """Short hash of the compiler and runtime sources: caches of built packages are keyed by it."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    root = Path(__file__).resolve().parent.parent
+    for folder in ("compile", "edge"):
+        for path in sorted((root / folder).glob("*.py")):
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def _check_output(output: Path) -> None:
     if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not (output / MANIFEST).exists())):
         raise PackageError(f"output {output} exists and is not a pdlink package; choose an empty or new directory")

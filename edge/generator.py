@@ -51,8 +51,10 @@ class GenerationResult:
 class Generation:
     """A single generation over an engine; iterate for ``TokenEvent``s, then read ``result``."""
 
-    def __init__(self, engine: Engine, prompt_ids: list[int], cfg: GenerationConfig):
-        self.engine, self.prompt_ids, self.cfg = engine, list(prompt_ids), cfg
+    def __init__(self, engine: Engine, prompt_ids: list[int], cfg: GenerationConfig, seq_id: int | None = None):
+        """``seq_id``: continue an existing sequence (``prompt_ids`` are appended to it and the
+        sequence is kept afterwards); by default a fresh sequence is made and freed."""
+        self.engine, self.prompt_ids, self.cfg, self.seq_id = engine, list(prompt_ids), cfg, seq_id
         stops = cfg.stop_token_ids
         self._stop_ids = set(engine.model_config.eos_token_ids if stops is None else stops)
         if cfg.ignore_eos:
@@ -66,7 +68,7 @@ class Generation:
         engine, cfg = self.engine, self.cfg
         sampler = Sampler(cfg.sampling)
         detok = StreamingDetokenizer(engine.tokenizer)
-        seq = engine.add_sequence()
+        seq = engine.add_sequence() if self.seq_id is None else self.seq_id
         text, emitted, ids, reason, hit = "", 0, [], "length", None
         try:
             t0 = time.perf_counter()
@@ -94,7 +96,8 @@ class Generation:
                 text += detok.flush()
             t2 = time.perf_counter()
         finally:
-            engine.remove_sequence(seq)
+            if self.seq_id is None:
+                engine.remove_sequence(seq)
         self.tail_text = text[emitted:]
         self.result = GenerationResult(text, ids, len(self.prompt_ids), reason, t1 - t0, t2 - t1)
 

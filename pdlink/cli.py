@@ -99,6 +99,42 @@ def _cmd_generate(args) -> int:
     return 0
 
 
+def _add_chat(sub) -> None:
+    p = sub.add_parser("chat", help="terminal chat with a package (streaming)")
+    p.add_argument("--package", required=True)
+    p.add_argument("--system", default=None, help="system prompt")
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--threads", type=int, default=0)
+    p.set_defaults(func=_cmd_chat)
+
+
+def _cmd_chat(args) -> int:
+    from pdlink.edge.chat import ChatSession
+    from pdlink.edge.engine import Engine, EngineConfig
+    from pdlink.edge.generator import GenerationConfig
+    from pdlink.edge.sampler import SamplingParams
+
+    sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    engine = Engine(EngineConfig(package=args.package, num_threads=args.threads, max_num_sequences=1))
+    chat = ChatSession(engine, GenerationConfig(max_tokens=args.max_tokens, sampling=sampling), args.system)
+    print("pdlink chat — empty line or Ctrl-D to quit", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ").strip()
+        except EOFError:
+            break
+        if not line:
+            break
+        for event in chat.ask(line):
+            print(event.text, end="", flush=True)
+        print(chat.tail_text)
+    chat.close()
+    return 0
+
+
 def _result_json(result, mode: str) -> dict:
     tokens = len(result.token_ids)
     return {
@@ -149,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compile(sub)
     sub.add_parser("targets", help="list target presets").set_defaults(func=_cmd_targets)
     _add_generate(sub)
+    _add_chat(sub)
     _add_bench(sub)
     return parser
 

@@ -6,7 +6,6 @@ sources, so a change to either rebuilds them and a plain re-run reuses them.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 from pathlib import Path
@@ -22,20 +21,11 @@ CACHE = ROOT / ".cache" / "test-packages"
 MODEL = "smollm2-135m"
 
 
-def _source_hash() -> str:
-    digest = hashlib.sha256()
-    for folder in ("compile", "edge"):
-        for path in sorted((ROOT / folder).glob("*.py")):
-            digest.update(path.name.encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
-
-
 def build_cached_package(quant: str, target: str = "host") -> Path:
     """Build (or reuse) a package of the default model; returns its directory."""
-    from pdlink.compile.builder import CompileConfig, build_package
+    from pdlink.compile.builder import CompileConfig, build_package, compiler_fingerprint
 
-    out = CACHE / f"{MODEL}-{quant}-{target}-{_source_hash()}"
+    out = CACHE / f"{MODEL}-{quant}-{target}-{compiler_fingerprint()}"
     if not (out / "manifest.json").is_file():
         build_package(CompileConfig(model=MODEL, target=target, quant=quant, output=str(out), show_progress=False))
     return out

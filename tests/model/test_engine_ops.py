@@ -120,3 +120,18 @@ def test_sampling_with_seed_is_reproducible(engine, ids):
 
     cfg = GenerationConfig(max_tokens=10, sampling=SamplingParams(temperature=0.8, top_p=0.9, seed=11))
     assert generate(engine, ids, cfg).token_ids == generate(engine, ids, cfg).token_ids
+
+
+def test_chat_reuses_the_cache_and_answers_like_a_fresh_prompt(engine):
+    from pdlink.edge.chat import ChatSession
+
+    cfg = GenerationConfig(max_tokens=16)
+    chat = ChatSession(engine, cfg)
+    list(chat.ask("What is the capital of France?"))
+    list(chat.ask("And of Italy?"))
+    second = chat.last
+    chat.close()
+    tok = engine.tokenizer
+    fresh_ids = tok.encode(tok.apply_chat_template(chat.messages[:-1], add_generation_prompt=True))
+    assert second.prompt_tokens < len(fresh_ids)  # only the new turn was prefilled
+    assert generate(engine, fresh_ids, cfg).token_ids == second.token_ids
