@@ -16,7 +16,7 @@ from typing import Callable, Union
 
 from .protocol_messages import (
     DEFAULT_MAX_MESSAGE_BYTES, DONE_REASONS, MAX_REQUEST_ID_CHARS, PROTOCOL_VERSION, REJECT_REASONS,
-    SUPPORTED_VERSIONS, Accepted, Cancel, ClientMessage, Done, Error, Hello, Limits, LocalProtocolError,
+    SUPPORTED_VERSIONS, Accepted, Cancel, ChatMessage, ClientMessage, Done, Error, Hello, Limits, LocalProtocolError,
     Message, Ping, Pong, PrefillRequest, ProtocolError, RefinedPrompt, RefineOptions, Rejected,
     SamplingParams, ServerMessage, Stop, Token, Welcome, decode_client, decode_server, encode,
     request_id_problem,
@@ -25,7 +25,7 @@ from .protocol_messages import (
 __all__ = [
     "PROTOCOL_VERSION", "SUPPORTED_VERSIONS", "DEFAULT_MAX_MESSAGE_BYTES", "MAX_REQUEST_ID_CHARS", "REJECT_REASONS",
     "DONE_REASONS", "ProtocolError", "LocalProtocolError", "Message", "Limits", "SamplingParams", "RefineOptions",
-    "Hello", "PrefillRequest", "Stop", "Cancel", "Ping", "Welcome", "Accepted", "Rejected", "Token", "RefinedPrompt",
+    "ChatMessage", "Hello", "PrefillRequest", "Stop", "Cancel", "Ping", "Welcome", "Accepted", "Rejected", "Token", "RefinedPrompt",
     "Done", "Error", "Pong", "ClientMessage", "ServerMessage", "encode", "decode_client", "decode_server",
     "request_id_problem", "ProtocolViolation", "RequestRejected", "ServerEvent", "ClientEvent", "ConnectionState",
     "RequestState", "ServerConnection", "ClientConnection",
@@ -214,13 +214,15 @@ class ServerConnection(_Connection):
             return [msg]
         return self._violation("unexpected_message", "hello was already received")
 
-    def accept(self, request_id: str, queue_position: int = 0, estimated_ttft_s: float = 0.0) -> bool:
+    def accept(self, request_id: str, queue_position: int = 0, estimated_ttft_s: float = 0.0,
+               prompt_tokens: int = 0) -> bool:
         """Accept a PENDING request (queues ``Accepted``). False when it already finished (cancelled,
         connection lost); ``LocalProtocolError`` for an unknown id or a request accepted before."""
         if self.request_state(request_id) is _S.FINISHED:
             return False
         self._track(request_id, pending_only=True).advance(_S.ACCEPTED)
-        self._send(Accepted(request_id=request_id, queue_position=queue_position, estimated_ttft_s=estimated_ttft_s))
+        self._send(Accepted(request_id=request_id, queue_position=queue_position, estimated_ttft_s=estimated_ttft_s,
+                            prompt_tokens=prompt_tokens))
         return True
 
     def reject(self, request_id: str, reason: str, message: str = "", retry_after_s: float | None = None) -> bool:
@@ -342,7 +344,8 @@ class ServerConnection(_Connection):
             problem = f"token ids must be in [0, {self.vocab_size})"
         if problem:
             return self._reject_now(rid, "invalid_request", problem)
-        n = len(ids) if ids is not None else (self.count_text_tokens(req.prompt_text) if self.count_text_tokens else 0)
+        counted = req.prompt_text is not None and self.count_text_tokens is not None
+        n = len(ids) if ids is not None else (self.count_text_tokens(req.prompt_text) if counted else 0)
         if n > limits.max_prompt_tokens:
             return self._reject_now(rid, "prompt_too_long", f"{n} prompt tokens > limit {limits.max_prompt_tokens}")
         self._requests[rid] = _Track(req)

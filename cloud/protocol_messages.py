@@ -100,6 +100,16 @@ class RefineOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         return None
 
 
+CHAT_ROLES = frozenset({"system", "user", "assistant"})
+
+
+class ChatMessage(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
+    """One chat turn of ``PrefillRequest.prompt_messages``; the server renders its own chat template."""
+
+    role: str
+    content: str
+
+
 # ---- client -> server -------------------------------------------------------------------------
 
 
@@ -121,6 +131,7 @@ class PrefillRequest(Message, tag="prefill"):
     max_leading_tokens: int
     prompt_token_ids: list[int] | None = None
     prompt_text: str | None = None
+    prompt_messages: list[ChatMessage] | None = None
     sampling: SamplingParams = msgspec.field(default_factory=SamplingParams)
     stop_token_ids: list[int] = []
     refine: RefineOptions | None = None
@@ -130,10 +141,13 @@ class PrefillRequest(Message, tag="prefill"):
         problem = request_id_problem(self.request_id)
         if problem:
             return problem
-        if (self.prompt_token_ids is None) == (self.prompt_text is None):
-            return "exactly one of prompt_token_ids and prompt_text must be given"
-        if not (self.prompt_token_ids or self.prompt_text):
+        given = [p for p in (self.prompt_token_ids, self.prompt_text, self.prompt_messages) if p is not None]
+        if len(given) != 1:
+            return "exactly one of prompt_token_ids, prompt_text and prompt_messages must be given"
+        if not given[0]:
             return "the prompt is empty"
+        if any(m.role not in CHAT_ROLES for m in self.prompt_messages or ()):
+            return f"prompt_messages roles must be one of {sorted(CHAT_ROLES)}"
         if self.max_leading_tokens < 1:
             return "max_leading_tokens must be >= 1"
         if any(t < 0 for t in self.prompt_token_ids or ()) or any(t < 0 for t in self.stop_token_ids):
@@ -187,6 +201,7 @@ class Accepted(Message, tag="accepted"):
     request_id: str
     queue_position: int = 0
     estimated_ttft_s: float = 0.0
+    prompt_tokens: int = 0
 
 
 class Rejected(Message, tag="rejected"):

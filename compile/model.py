@@ -7,11 +7,14 @@ matmul kernel and 4-bit weights stay 4-bit in memory.
 
 from __future__ import annotations
 
+import contextlib
+
 from tvm import te, tirx
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
 from tvm import relax as rx
 
+from pdlink.compile.attention import cpu_attention_kernels
 from pdlink.compile.quantization import Quantization
 from pdlink.compile.schedule import (
     DEQUANT_BLOCK,
@@ -203,33 +206,39 @@ class LlamaForCausalLM(nn.Module):
         return self._logits(nn.op.reshape(hidden, [-1, self.cfg.hidden_size])), kv
 
     def create_tir_paged_kv_cache(self, max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window):
-        """Create the paged KV cache object (called once by the runtime)."""
+        """Create the paged KV cache object (called once by the runtime).
+
+        On CPU (``llvm``) targets the cache gets pdlink's parallel, vectorized attention kernels
+        (:mod:`pdlink.compile.attention`) in place of TVM's serial ones; GPU targets keep TVM's.
+        """
         cfg = self.cfg
-        return TIRPagedKVCache(
-            attn_kind="mha",
-            max_batch_size=max_batch_size,
-            max_total_seq_len=max_total_seq_len,
-            prefill_chunk_size=prefill_chunk_size,
-            page_size=page_size,
-            support_sliding_window=support_sliding_window,
-            layer_partition=rx.ShapeExpr([0, cfg.num_hidden_layers]),
-            num_hidden_layers=cfg.num_hidden_layers,
-            num_attention_heads=cfg.num_attention_heads,
-            num_key_value_heads=cfg.num_key_value_heads,
-            qk_head_dim=cfg.head_dim,
-            v_head_dim=cfg.head_dim,
-            mla_original_qk_head_dim=0,
-            mla_original_v_head_dim=0,
-            rope_mode=RopeMode.NORMAL,
-            rope_scale=1,
-            rope_theta=cfg.rope_theta,
-            rope_scaling={},
-            rope_ext_factors=rx.prim_value(0),
-            rotary_dim=cfg.head_dim,
-            enable_disaggregation=False,
-            dtype="float32",
-            target=self.target,
-        )
+        kernels = cpu_attention_kernels() if self.target.kind.name == "llvm" else contextlib.nullcontext()
+        with kernels:
+            return TIRPagedKVCache(
+                attn_kind="mha",
+                max_batch_size=max_batch_size,
+                max_total_seq_len=max_total_seq_len,
+                prefill_chunk_size=prefill_chunk_size,
+                page_size=page_size,
+                support_sliding_window=support_sliding_window,
+                layer_partition=rx.ShapeExpr([0, cfg.num_hidden_layers]),
+                num_hidden_layers=cfg.num_hidden_layers,
+                num_attention_heads=cfg.num_attention_heads,
+                num_key_value_heads=cfg.num_key_value_heads,
+                qk_head_dim=cfg.head_dim,
+                v_head_dim=cfg.head_dim,
+                mla_original_qk_head_dim=0,
+                mla_original_v_head_dim=0,
+                rope_mode=RopeMode.NORMAL,
+                rope_scale=1,
+                rope_theta=cfg.rope_theta,
+                rope_scaling={},
+                rope_ext_factors=rx.prim_value(0),
+                rotary_dim=cfg.head_dim,
+                enable_disaggregation=False,
+                dtype="float32",
+                target=self.target,
+            )
 
     def spec(self) -> nn.spec.ModuleSpec:
         """Entry points as data: name -> argument shapes (symbolic) -> param/effect mode."""

@@ -78,8 +78,16 @@ def _cmd_generate(args) -> int:
     from pdlink.edge.generator import Generation, GenerationConfig
     from pdlink.edge.sampler import SamplingParams
 
+    if args.mode == "cloud":
+        from pdlink.cloud.cli import generate_via_cloud
+
+        if not args.cloud:
+            raise CLIError("--cloud ws://HOST:PORT is required in cloud mode")
+        result = generate_via_cloud(args)
+        print(json.dumps(result) if args.json else result["text"])
+        return 0
     if args.mode != "device":
-        raise CLIError(f"--mode {args.mode} needs the cloud client, which this build does not include yet")
+        raise CLIError(f"--mode {args.mode} is not available in this build yet")
     if not args.package:
         raise CLIError("--package is required in device mode")
     sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
@@ -162,6 +170,9 @@ def _add_bench(sub) -> None:
     e.add_argument("--repeats", type=int, default=3)
     e.add_argument("--engines", nargs="+", default=["pdlink-q4_1", "pdlink-f32", "llama.cpp", "transformers"])
     e.set_defaults(func=_cmd_bench_engine)
+    c = which.add_parser("cloud", help="cloud service under Poisson load from the shared traces")
+    c.add_argument("--output", default="bench/results")
+    c.set_defaults(func=_cmd_bench_cloud)
 
 
 def _cmd_bench_engine(args) -> int:
@@ -179,6 +190,15 @@ def _cmd_bench_engine(args) -> int:
     return 0
 
 
+def _cmd_bench_cloud(args) -> int:
+    from pdlink.cloud.bench import run_cloud_bench
+
+    report = run_cloud_bench(args.output)
+    print(json.dumps(report.get("summary", {}), indent=2))
+    print(f"wrote {Path(args.output) / 'cloud.json'} and cloud.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pdlink", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -187,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_chat(sub)
     _add_bench(sub)
+    from pdlink.cloud.cli import add_cloud_commands
+
+    add_cloud_commands(sub)
     return parser
 
 
@@ -199,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (CLIError, CheckpointError, PackageError, PromptTooLongError, ValueError, KeyboardInterrupt) as exc:
+    except (CLIError, CheckpointError, PackageError, PromptTooLongError, ValueError, FileNotFoundError,
+            KeyboardInterrupt) as exc:
         print(f"pdlink: error: {exc}", file=sys.stderr)
         return 2
 

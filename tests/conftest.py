@@ -15,6 +15,7 @@ import pytest
 # TVM's pool threads spin after each parallel region; in a process that also runs torch (the
 # reference model) spinning workers steal the cores torch needs.
 os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "test-packages"

@@ -745,3 +745,20 @@ def test_client_handshake_errors():
     violation(client.receive_frame(encode(SERVER_MESSAGES[0])), "unexpected_message")  # second welcome
     violation(client.receive_frame("{"), "malformed_json")
     assert client.connection_lost() == ["r1"] and client.state is ConnectionState.CLOSED
+
+
+def test_prompt_messages_are_a_third_prompt_form():
+    from pdlink.cloud.protocol import ChatMessage
+
+    chat = [ChatMessage(role="user", content="hi")]
+    assert req(prompt_token_ids=None, prompt_messages=chat).validate() is None
+    assert "exactly one" in req(prompt_messages=chat).validate()  # ids and messages together
+    assert req(prompt_token_ids=None, prompt_messages=[]).validate() == "the prompt is empty"
+    assert "roles" in req(prompt_token_ids=None, prompt_messages=[ChatMessage(role="robot", content="x")]).validate()
+    frame = ('{"type":"prefill","request_id":"m","max_leading_tokens":2,'
+             '"prompt_messages":[{"role":"user","content":"hi","extra":1}]}')
+    assert decode_client(frame).prompt_messages == chat
+    server = open_server()
+    assert isinstance(submit(server, req("m", prompt_token_ids=None, prompt_messages=chat))[0], PrefillRequest)
+    assert server.accept("m", prompt_tokens=7)
+    assert sent(server)[-1] == Accepted(request_id="m", prompt_tokens=7)

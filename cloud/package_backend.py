@@ -1,0 +1,80 @@
+"""The cloud backend on a compiled ``host`` package: the device's own :class:`~pdlink.edge.engine.Engine`.
+
+Serving the very package a device runs makes cloud and device tokens equal by construction; it is
+also the path to a GPU once a TVM build with a CUDA runtime is available (ARCHITECTURE.md section 5).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from pdlink.cloud.backend import Backend, BackendError
+
+
+class PackageBackend(Backend):
+    """A compiled package behind the :class:`Backend` interface (``Engine.prefill``/``batch_decode``)."""
+
+    def __init__(self, package: str, *, model_id: str, threads: int = 0, max_sequences: int = 16,
+                 context_window: int = 0):
+        from pdlink.edge.engine import Engine, EngineConfig
+        from pdlink.edge.package import PackageError
+
+        if not 1 <= max_sequences <= 256:
+            raise BackendError("max_sequences must be in 1..256 for a compiled package")
+        try:
+            # NOTE: the paged cache is sized context_window * max_sequences up front, so a server
+            # passes its prompt limit here rather than the model's 8k window.
+            self.engine = Engine(EngineConfig(package=str(package), num_threads=threads,
+                                              context_window=context_window, max_num_sequences=max_sequences))
+        except PackageError as exc:
+            raise BackendError(str(exc)) from exc
+        engine = self.engine
+        self.model_id, self.tokenizer, self.max_sequences = model_id, engine.tokenizer, max_sequences
+        self.vocab_size = engine.model_config.vocab_size
+        self.context_window = engine.context_window
+        eos = self.tokenizer.token_id(self.tokenizer.info.get("eos_token") or "")
+        self.eos_token_ids = tuple(sorted(set(engine.model_config.eos_token_ids) | ({eos} if eos is not None else set())))
+        self.info = {"backend": "package", "device": "cpu", "threads": engine.num_threads, "package": str(package),
+                     "quantization": engine.manifest.quantization, "target": engine.manifest.target.preset}
+
+    @property
+    def num_sequences(self) -> int:
+        return len(self.engine.sequences)
+
+    def add_sequence(self) -> int:
+        try:
+            return self.engine.add_sequence()
+        except RuntimeError as exc:
+            raise BackendError(str(exc)) from exc
+
+    def free_sequence(self, seq_id: int) -> None:
+        self.engine.remove_sequence(seq_id)
+
+    def sequence_length(self, seq_id: int) -> int:
+        """Tokens of the sequence already in its KV cache."""
+        return self.engine.num_computed_tokens(seq_id)
+
+    def prefill(self, chunks: dict[int, Sequence[int]]) -> dict[int, np.ndarray]:
+        engine, out = self.engine, {}
+        pending = {s: list(ids) for s, ids in chunks.items()}
+        for s, ids in pending.items():
+            if not ids:
+                raise ValueError(f"sequence {s} got no tokens")
+        # Several small chunks go through one batch_prefill call, up to the package's chunk size.
+        while pending:
+            group, total = {}, 0
+            for s, ids in list(pending.items()):
+                if total + len(ids) <= engine.prefill_chunk_size or not group:
+                    group[s] = pending.pop(s)
+                    total += len(ids)
+            if len(group) == 1:
+                (s, ids), = group.items()
+                out[s] = engine.prefill(s, ids)
+            else:
+                out.update(engine.batch_prefill(group))
+        return out
+
+    def decode(self, seq_ids: Sequence[int], token_ids: Sequence[int]) -> np.ndarray:
+        return self.engine.batch_decode(list(seq_ids), [int(t) for t in token_ids])

@@ -1,0 +1,305 @@
+"""Continuous batching for the cloud: chunked prefills round-robin under a token budget, one batched decode.
+
+Each step runs (1) prefill chunks of the requests still reading their prompt, taken round-robin,
+at most ``prefill_chunk_tokens`` per request and ``step_token_budget`` in all, so one long prompt
+cannot starve the others, and (2) ONE batched decode of every request that finished its prefill and
+still owes leading tokens. A request's KV cache is released as soon as it ends (stop, cancel,
+disconnect, EOS, k tokens). Admission (``can_accept``) estimates the new request's TTFT from the
+measured prefill speed and the queued work, so the server can reject at once instead of timing out.
+
+Not thread-safe: the server's model worker serializes every call. ``schedule``/``execute``/``update``
+split a step so that a caller may release its lock while the backend computes; ``step`` runs all three.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Hashable
+
+import numpy as np
+
+from pdlink.cloud.backend import Backend
+from pdlink.cloud.request import Request, RequestStatus
+
+_R = RequestStatus
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    """Batching and admission settings (tokens and seconds)."""
+
+    step_token_budget: int = 512  # prompt tokens prefilled per step, over all requests
+    prefill_chunk_tokens: int = 256  # prompt tokens per request per step
+    max_requests: int = 64  # live requests (queued + running); more are refused as overloaded
+    ttft_budget_s: float = 10.0  # refuse a request whose estimated TTFT is above this
+    initial_prefill_tok_s: float = 500.0  # prefill speed assumed until a step has been measured
+    ema_alpha: float = 0.2  # weight of the newest measurement in the speed averages
+
+    def __post_init__(self):
+        if self.step_token_budget < 1 or self.prefill_chunk_tokens < 1:
+            raise ValueError("step_token_budget and prefill_chunk_tokens must be >= 1")
+        if self.prefill_chunk_tokens > self.step_token_budget:
+            raise ValueError("prefill_chunk_tokens must be <= step_token_budget (a chunk must fit in one step)")
+        if self.max_requests < 1:
+            raise ValueError("max_requests must be >= 1")
+        if not self.ttft_budget_s > 0 or not self.initial_prefill_tok_s > 0 or not 0 < self.ema_alpha <= 1:
+            raise ValueError("ttft_budget_s and initial_prefill_tok_s must be > 0 and ema_alpha in (0, 1]")
+
+
+@dataclass(frozen=True, slots=True)
+class TokenOutput:
+    """A request produced its token number ``index``."""
+
+    key: Hashable
+    index: int
+    token_id: int
+    time_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedOutput:
+    """A request ended inside a step (EOS, stop index reached, k tokens, backend error)."""
+
+    key: Hashable
+    status: RequestStatus
+    num_tokens: int
+    busy_s: float
+
+
+@dataclass(slots=True)
+class StepPlan:
+    """What one step computes: prompt chunks ``(request, start, end)`` and the decoding requests."""
+
+    prefill: list[tuple[Request, int, int]] = field(default_factory=list)
+    decode: list[Request] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class StepResult:
+    """Logits of a step and how long each half took."""
+
+    prefill_logits: dict[int, np.ndarray]
+    decode_logits: np.ndarray | None
+    prefill_s: float
+    decode_s: float
+
+
+class Scheduler:
+    """Owns the live requests and drives a :class:`Backend` step by step (see the module doc)."""
+
+    def __init__(self, backend: Backend, cfg: SchedulerConfig = SchedulerConfig(),
+                 clock: Callable[[], float] = time.perf_counter):
+        self.backend, self.cfg, self.clock = backend, cfg, clock
+        self._live: dict[Hashable, Request] = {}
+        self._prefill_queue: deque[Request] = deque()  # WAITING/PREFILLING, round-robin order
+        self._decoding: list[Request] = []
+        self._release: list[Request] = []  # finished requests whose backend sequence is not freed yet
+        self.prefill_tok_s = cfg.initial_prefill_tok_s  # moving average of measured prefill steps
+        self.prefill_measured = False
+        self.decode_step_s = 0.0
+        self.busy_s = 0.0
+        self.steps = 0
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def num_live(self) -> int:
+        return len(self._live)
+
+    @property
+    def num_queued(self) -> int:
+        """Requests still reading their prompt (waiting or prefilling)."""
+        return len(self._prefill_queue)
+
+    @property
+    def num_decoding(self) -> int:
+        return len(self._decoding)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self._prefill_queue or self._decoding or self._release)
+
+    def get(self, key: Hashable) -> Request | None:
+        return self._live.get(key)
+
+    def estimate_ttft(self, prompt_tokens: int) -> float:
+        """Seconds until a new ``prompt_tokens`` request would get its first token, from the queued work.
+
+        Round-robin prefill: the newcomer needs ``ceil(p / chunk)`` turns, and in each round every
+        queued request reads up to one chunk first, so each adds at most that many chunks of work.
+        Each step also pays one decode when some request decodes now or will once its prompt is in."""
+        p, chunk = max(1, prompt_tokens), self.cfg.prefill_chunk_tokens
+        rounds = math.ceil(p / chunk)
+        tokens = p + sum(min(r.remaining_prefill, rounds * chunk) for r in self._prefill_queue)
+        steps = max(rounds, math.ceil(tokens / self.cfg.step_token_budget))
+        decoders = self._decoding or any(r.max_tokens > 1 for r in self._prefill_queue)
+        decode_s = self.decode_step_s * steps if decoders else 0.0
+        return tokens / self.prefill_tok_s + decode_s
+
+    def can_accept(self, prompt_tokens: int) -> tuple[bool, float]:
+        """Ask before ``add``: (accepted, estimated TTFT in seconds). False when ``max_requests`` are live
+        or the estimate is over ``ttft_budget_s``; the caller rejects then, with the estimate as a hint."""
+        estimate = self.estimate_ttft(prompt_tokens)
+        if len(self._live) >= self.cfg.max_requests:
+            return False, estimate
+        return estimate <= self.cfg.ttft_budget_s, estimate
+
+    # ------------------------------------------------------------------ commands
+
+    def add(self, request: Request) -> None:
+        """Queue a request (after ``can_accept``). Raises ValueError for a duplicate key or a request that
+        cannot fit the backend's context window."""
+        if request.key in self._live:
+            raise ValueError(f"request {request.key!r} is already live")
+        if request.status is not _R.WAITING:
+            raise ValueError("only new requests can be added")
+        if request.num_prompt_tokens + request.max_tokens > self.backend.context_window:
+            raise ValueError(f"{request.num_prompt_tokens} prompt + {request.max_tokens} leading tokens exceed the "
+                             f"context window of {self.backend.context_window}")
+        if not request.arrival_s:
+            request.arrival_s = self.clock()
+        self._live[request.key] = request
+        self._prefill_queue.append(request)
+
+    def stop(self, key: Hashable, after_index: int) -> Request | None:
+        """The client has tokens 0..after_index (or will): produce none past it; finishes the request at
+        once when it already produced them. Returns the request, or None when it is not live."""
+        req = self._live.get(key)
+        if req is not None:
+            req.stop_after = after_index if req.stop_after is None else min(req.stop_after, after_index)
+            if req.num_output_tokens > req.stop_after:
+                self._finish(req, _R.FINISHED_STOPPED)
+        return req
+
+    def cancel(self, key: Hashable, disconnected: bool = False) -> Request | None:
+        """End a request now (cancel, or its connection is gone); its sequence is freed at the next
+        ``schedule``/``update``. Returns the request, or None when it was not live."""
+        req = self._live.get(key)
+        if req is not None:
+            self._finish(req, _R.FINISHED_DISCONNECTED if disconnected else _R.FINISHED_CANCELLED)
+        return req
+
+    # ------------------------------------------------------------------ stepping
+
+    def step(self) -> list[TokenOutput | FinishedOutput]:
+        """``schedule`` + ``execute`` + ``update`` in one call (single-threaded use)."""
+        plan = self.schedule()
+        if plan is None:
+            return []
+        try:
+            result = self.execute(plan)
+        except Exception as exc:
+            return self.fail(plan, exc)
+        return self.update(plan, result)
+
+    def schedule(self) -> StepPlan | None:
+        """Free ended sequences and plan the next step; None when there is nothing to compute."""
+        self._release_finished()
+        plan, budget, served = StepPlan(), self.cfg.step_token_budget, []
+        for req in list(self._prefill_queue):
+            if budget <= 0:
+                break
+            if req.seq_id is None:
+                if self.backend.num_sequences >= self.backend.max_sequences:
+                    continue  # waits for a free sequence; requests behind it that hold one go on
+                req.seq_id = self.backend.add_sequence()
+                req._move(_R.PREFILLING)
+            n = min(req.remaining_prefill, self.cfg.prefill_chunk_tokens, budget)
+            plan.prefill.append((req, req.num_computed_tokens, req.num_computed_tokens + n))
+            budget -= n
+            served.append(req)
+        for req in served:  # round-robin: served requests go to the back of the queue
+            self._prefill_queue.remove(req)
+            self._prefill_queue.append(req)
+        plan.decode = list(self._decoding)
+        return plan if plan.prefill or plan.decode else None
+
+    def execute(self, plan: StepPlan) -> StepResult:
+        """Run the plan on the backend. Touches no scheduler state, so it may run without the caller's lock."""
+        t0 = self.clock()
+        prefill = self.backend.prefill({r.seq_id: r.prompt_token_ids[a:b] for r, a, b in plan.prefill}) \
+            if plan.prefill else {}
+        t1 = self.clock()
+        decode = self.backend.decode([r.seq_id for r in plan.decode],
+                                     [r.output_token_ids[-1] for r in plan.decode]) if plan.decode else None
+        return StepResult(prefill, decode, t1 - t0, self.clock() - t1)
+
+    def update(self, plan: StepPlan, result: StepResult) -> list[TokenOutput | FinishedOutput]:
+        """Account a computed step: advance counters, sample tokens, end finished requests, free them."""
+        now, outputs = self.clock(), []
+        self.steps += 1
+        self.busy_s += result.prefill_s + result.decode_s
+        prefill_tokens = sum(b - a for _, a, b in plan.prefill)
+        if prefill_tokens and result.prefill_s > 0:
+            rate = prefill_tokens / result.prefill_s
+            self.prefill_tok_s = self._ema(self.prefill_tok_s, rate) if self.prefill_measured else rate
+            self.prefill_measured = True
+        if plan.decode:
+            self.decode_step_s = self._ema(self.decode_step_s or result.decode_s, result.decode_s)
+        for req, a, b in plan.prefill:
+            req.busy_s += result.prefill_s * (b - a) / prefill_tokens
+            if req.status.finished:
+                continue  # cancelled while the step ran
+            req.num_computed_tokens = b
+            if req.remaining_prefill == 0:
+                self._prefill_queue.remove(req)
+                self._emit(req, result.prefill_logits[req.seq_id], now, outputs, first=True)
+        for i, req in enumerate(plan.decode):
+            req.busy_s += result.decode_s / len(plan.decode)
+            if req.status.finished:
+                continue
+            req.num_computed_tokens += 1
+            self._emit(req, result.decode_logits[i], now, outputs, first=False)
+        self._release_finished()
+        return outputs
+
+    def fail(self, plan: StepPlan, exc: BaseException) -> list[FinishedOutput]:
+        """The backend raised while computing ``plan``: end every request in it with an error."""
+        outputs = []
+        for req in {id(r): r for r in [r for r, _, _ in plan.prefill] + plan.decode}.values():
+            if not req.status.finished:
+                self._finish(req, _R.FINISHED_ERROR)
+                outputs.append(FinishedOutput(req.key, req.status, req.num_output_tokens, req.busy_s))
+        self._release_finished()
+        return outputs
+
+    # ------------------------------------------------------------------ internals
+
+    def _emit(self, req: Request, logits: np.ndarray, now: float, outputs: list, first: bool) -> None:
+        token = req.sampler.sample(logits)
+        index = req._append_output(token)
+        if first:
+            req.first_token_s = now
+        outputs.append(TokenOutput(req.key, index, token, now))
+        end = req.end_status()
+        if end is not None:
+            self._finish(req, end)
+            outputs.append(FinishedOutput(req.key, req.status, req.num_output_tokens, req.busy_s))
+        elif first:
+            req._move(_R.DECODING)
+            self._decoding.append(req)
+
+    def _finish(self, req: Request, status: RequestStatus) -> None:
+        if req.status.finished:
+            return
+        live = req.status
+        req._move(status)
+        req.finish_s = self.clock()
+        del self._live[req.key]
+        if live is _R.DECODING:
+            self._decoding.remove(req)
+        elif req in self._prefill_queue:
+            self._prefill_queue.remove(req)
+        if req.seq_id is not None:
+            self._release.append(req)
+
+    def _release_finished(self) -> None:
+        for req in self._release:
+            self.backend.free_sequence(req.seq_id)
+        self._release.clear()
+
+    def _ema(self, old: float, new: float) -> float:
+        return (1 - self.cfg.ema_alpha) * old + self.cfg.ema_alpha * new
