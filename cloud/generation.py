@@ -132,6 +132,8 @@ async def _generate(args, url: str) -> dict:
         "prefill_tok_s": prompt_tokens / ttft if ttft else None,
         "decode_tok_s": (len(times) - 1) / decode_s if decode_s else None,
         "cloud_busy_s": done.cloud_busy_s if done else None, "cloud": url, "server": client.welcome.server,
+        "handover_index": None, "origins": ["cloud"] * len(ids), "fallback": None,
+        "max_gap_s": max((b - a for a, b in zip(times, times[1:])), default=0.0),
     }
 
 

@@ -280,9 +280,10 @@ class ServerConnection(_Connection):
             raise LocalProtocolError("bad_field", f"unknown done reason {reason!r}", request_id)
         if self.request_state(request_id) is _S.FINISHED:
             return False
-        tokens_sent = self._track(request_id, pending_only=False).next_index
+        track = self._track(request_id, pending_only=False)
         self._finish(request_id)
-        self._send(Done(request_id=request_id, reason=reason, tokens_sent=tokens_sent, cloud_busy_s=cloud_busy_s))
+        self._send(Done(request_id=request_id, reason=reason, tokens_sent=track.next_index, cloud_busy_s=cloud_busy_s,
+                        stop_after_index=track.stop_after))
         return True
 
     def send_error(self, code: str, message: str, request_id: str | None = None, fatal: bool = False) -> None:

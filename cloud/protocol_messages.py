@@ -238,6 +238,7 @@ class Done(Message, tag="done"):
     reason: str
     tokens_sent: int
     cloud_busy_s: float = 0.0
+    stop_after_index: int | None = None  # the client's stop index the server honoured (None: no stop)
 
 
 class Error(Message, tag="error"):

@@ -54,15 +54,14 @@ class CompileConfig:
 
 
 def compiler_fingerprint() -> str:
-    """Short hash of the compiler and runtime sources: caches of built packages are keyed by it."""
+    """Short hash of the compiler sources and the package format: caches of built packages are keyed by it."""
     import hashlib
 
     digest = hashlib.sha256()
     root = Path(__file__).resolve().parent.parent
-    for folder in ("compile", "edge"):
-        for path in sorted((root / folder).glob("*.py")):
-            digest.update(path.name.encode())
-            digest.update(path.read_bytes())
+    for path in [*sorted((root / "compile").glob("*.py")), root / "edge" / "package.py"]:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
 
 

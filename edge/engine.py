@@ -18,6 +18,9 @@ from pdlink.edge.package import ENTRY_POINTS, Manifest, PackageError, check_runn
 from pdlink.edge.tokenizer import Tokenizer
 
 
+SMALL_BATCH = 8  # batch_decode runs this many sequences or fewer as single decodes (see batch_decode)
+
+
 class PromptTooLongError(ValueError):
     """The tokens would not fit in the sequence's context window."""
 
@@ -227,6 +230,11 @@ class Engine:
             self._require(s)
             self._check_room(s, 1)
         ids = self._check_ids(token_ids)
+        if len(seq_ids) <= SMALL_BATCH:
+            # The batched entry point runs GEMMs over rows padded to a tile, which dequantize each weight
+            # tile once per call: below a tile of rows, one GEMV per sequence reads the weights for less.
+            return np.stack([self._forward("decode", [s], [1], ids[i : i + 1].reshape(1, 1))[0]
+                             for i, s in enumerate(seq_ids)])
         return self._forward("batch_decode", list(seq_ids), [1] * len(seq_ids), ids.reshape(-1, 1))
 
     def batch_prefill(self, chunks: dict[int, list[int]]) -> dict[int, np.ndarray]:

@@ -61,6 +61,12 @@ def _add_generate(sub) -> None:
     p.add_argument("--threads", type=int, default=0, help="engine threads (0 = all cores)")
     p.add_argument("--context", type=int, default=0, help="context window in tokens (0 = the model's)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    p.add_argument("--show-origin", action="store_true", help="mark where tokens came from ([cloud] / [device])")
+    p.add_argument("--timeline", default=None, help="write the request's timeline plot (PNG) here")
+    p.add_argument("--timeline-json", action="store_true", help="include the timeline events in --json output")
+    from pdlink.edge.session_cli import add_session_arguments
+
+    add_session_arguments(p)
     p.set_defaults(func=_cmd_generate)
 
 
@@ -74,34 +80,49 @@ def _read_prompt(args) -> str:
 
 
 def _cmd_generate(args) -> int:
-    from pdlink.edge.engine import Engine, EngineConfig
-    from pdlink.edge.generator import Generation, GenerationConfig
     from pdlink.edge.sampler import SamplingParams
 
-    if args.mode == "cloud":
+    if args.mode in ("cloud", "pd") and not args.cloud:
+        raise CLIError(f"--cloud ws://HOST:PORT is required in {args.mode} mode")
+    if args.mode == "cloud" and not args.package:
         from pdlink.cloud.cli import generate_via_cloud
 
-        if not args.cloud:
-            raise CLIError("--cloud ws://HOST:PORT is required in cloud mode")
         result = generate_via_cloud(args)
         print(json.dumps(result) if args.json else result["text"])
         return 0
-    if args.mode != "device":
-        raise CLIError(f"--mode {args.mode} is not available in this build yet")
     if not args.package:
-        raise CLIError("--package is required in device mode")
+        raise CLIError(f"--package is required in {args.mode} mode")
     sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
-    gen_cfg = GenerationConfig(max_tokens=args.max_tokens, sampling=sampling, stop_strings=tuple(args.stop))
     prompt = _read_prompt(args)
-    engine = Engine(EngineConfig(package=args.package, num_threads=args.threads, context_window=args.context))
+    if args.stop:
+        if args.mode != "device":
+            raise CLIError("--stop works in device mode only (pd and cloud sessions stop at end-of-turn tokens)")
+        return _generate_device_with_stops(args, prompt, sampling)
+    from pdlink.edge.session_cli import generate_with_session
+
+    return generate_with_session(args, prompt, sampling)
+
+
+def _generate_device_with_stops(args, prompt: str, sampling) -> int:
+    from pdlink.edge.engine import Engine, EngineConfig
+    from pdlink.edge.generator import Generation, GenerationConfig
+
+    gen_cfg = GenerationConfig(max_tokens=args.max_tokens, sampling=sampling, stop_strings=tuple(args.stop))
+    engine = Engine(EngineConfig(package=args.package, num_threads=args.threads, context_window=args.context,
+                                 max_num_sequences=1))
     prompt_ids = engine.tokenizer.encode(prompt) if args.raw else engine.tokenizer.encode_chat(prompt)
     gen = Generation(engine, prompt_ids, gen_cfg)
+    times = []
     for event in gen:
+        times.append(event.time_s)
         if not args.json:
             print(event.text, end="", flush=True)
-    result = gen.result
     if args.json:
-        print(json.dumps(_result_json(result, args.mode)))
+        out = _result_json(gen.result, args.mode)
+        gaps = [b - a for a, b in zip(times, times[1:])]
+        out.update(ttft_s=gen.result.prefill_s, handover_index=None, origins=["device"] * len(gen.result.token_ids),
+                   fallback=None, max_gap_s=max(gaps, default=0.0), cloud_busy_s=0.0)
+        print(json.dumps(out))
     else:
         print(gen.tail_text)
     return 0
@@ -116,6 +137,12 @@ def _add_chat(sub) -> None:
     p.add_argument("--top-p", type=float, default=0.9)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--cloud", default=None, help="cloud URL: each turn runs in pd mode (cloud first token)")
+    p.add_argument("--auth-token-file", default=None)
+    p.add_argument("--show-origin", action="store_true", help="mark cloud and device tokens in the reply")
+    from pdlink.edge.session_cli import add_session_arguments
+
+    add_session_arguments(p)
     p.set_defaults(func=_cmd_chat)
 
 
@@ -126,6 +153,10 @@ def _cmd_chat(args) -> int:
     from pdlink.edge.sampler import SamplingParams
 
     sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    if args.cloud:
+        from pdlink.edge.session_cli import chat_with_session
+
+        return chat_with_session(args, sampling)
     engine = Engine(EngineConfig(package=args.package, num_threads=args.threads, max_num_sequences=1))
     chat = ChatSession(engine, GenerationConfig(max_tokens=args.max_tokens, sampling=sampling), args.system)
     print("pdlink chat — empty line or Ctrl-D to quit", file=sys.stderr)
@@ -207,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_chat(sub)
     _add_bench(sub)
+    from pdlink.edge.session_cli import add_profile_command
+
+    add_profile_command(sub)
     from pdlink.cloud.cli import add_cloud_commands
 
     add_cloud_commands(sub)

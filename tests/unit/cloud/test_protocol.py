@@ -454,7 +454,8 @@ def test_no_token_after_the_stop_index(j):
     assert indices == list(range(max(j, 0) + 1))
     assert server.finish_reason("r1") == "stopped"
     server.finish("r1", "stopped", 0.2)
-    assert sent(server)[0].tokens_sent == j + 1
+    done = sent(server)[0]
+    assert done.tokens_sent == j + 1 and done.stop_after_index == j
 
 
 def test_stop_below_what_was_already_sent_ends_the_stream_now():
@@ -635,7 +636,8 @@ def test_full_session():
     server.finish("r1", server.finish_reason("r1"), 0.4)
     events = [e for f in in_flight for e in client.receive_frame(f)] + pump(server, client)
     assert [(type(e).__name__, getattr(e, "index", None)) for e in events] == [("Token", 2), ("Done", None)]
-    assert events[-1] == Done(request_id="r1", reason="stopped", tokens_sent=4, cloud_busy_s=0.4)
+    assert events[-1] == Done(request_id="r1", reason="stopped", tokens_sent=4, cloud_busy_s=0.4,
+                                 stop_after_index=2)
     assert client.request_state("r1") is RequestState.FINISHED and client.in_flight == []
     assert not client.stop("r1", 0) and not client.cancel("r1")
     client.ping(77)

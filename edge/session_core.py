@@ -1,0 +1,246 @@
+"""One P/D-Device request as a pure state machine: no I/O, no clock, no engine.
+
+The asyncio shell (``pdlink.edge.session``) feeds it what happened -- a cloud token arrived, a local
+compute step finished, the cloud failed -- with the time on one monotonic clock, and asks it what to do
+next: which tokens to compute locally (``next_compute``), what to tell the cloud (``messages_to_send``),
+which tokens to show now (``release_due``).
+
+The answer is one list of tokens. Cloud tokens are committed as they arrive (in index order) and go
+through the speed controller; the local engine computes ``prompt + answer`` with a single progress
+counter, ``num_computed_tokens``, so the prompt and the received cloud tokens take the same path
+(prefill chunks). When the local KV covers everything committed, the logits of that step give the
+next token: the device takes over (hand-over at ``j`` = cloud tokens kept), asks the cloud to stop
+after index ``j - 1``, and commits its own tokens from then on. The device never decodes a token it
+already received; a cloud token arriving after the hand-over is dropped. Device-only mode is the
+same machine with the cloud switched off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from pdlink.edge.speed_controller import SpeedController
+
+
+class SessionState(Enum):
+    """Where local computation stands; every transition is listed in ``_TRANSITIONS``."""
+
+    PREFILLING = "prefilling"  # local prefill of the prompt (the cloud may be streaming meanwhile)
+    CATCHING_UP = "catching_up"  # prompt in the KV cache; prefilling received cloud tokens
+    DECODING = "decoding"  # the device produces the tokens (after hand-over, on fallback, device mode)
+    FINISHED = "finished"  # the answer is complete (tokens may still wait to be shown)
+
+
+class CloudState(Enum):
+    """The cloud request, as the device sees it."""
+
+    OFF = "off"  # device mode, or the settings chose not to use the cloud
+    WAITING = "waiting"  # request sent, no token yet
+    STREAMING = "streaming"
+    RELEASED = "released"  # stopped or cancelled by us, or it finished its k tokens
+    FAILED = "failed"  # unreachable, refused, rejected, dropped: the device goes on alone
+
+
+_S = SessionState
+_TRANSITIONS: dict[SessionState, frozenset[SessionState]] = {
+    _S.PREFILLING: frozenset({_S.CATCHING_UP, _S.DECODING, _S.FINISHED}),
+    _S.CATCHING_UP: frozenset({_S.DECODING, _S.FINISHED}),
+    _S.DECODING: frozenset({_S.FINISHED}),
+    _S.FINISHED: frozenset(),
+}
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Run these tokens through the local engine: a prefill chunk, or one decode step (``decode``)."""
+
+    token_ids: tuple[int, ...]
+    decode: bool
+
+
+@dataclass(frozen=True)
+class StopCloud:
+    """Tell the cloud: no token after ``after_index`` (``-1``: cancel the request)."""
+
+    after_index: int
+
+
+@dataclass(frozen=True)
+class ShownToken:
+    """A token released to the user."""
+
+    index: int
+    token_id: int
+    origin: str  # "cloud" or "device"
+    arrival_s: float
+    shown_s: float
+
+
+class SessionCore:
+    """The state machine of one request (see the module docstring)."""
+
+    def __init__(self, prompt_ids: list[int], *, max_tokens: int, stop_token_ids: set[int], chunk_size: int,
+                 pace_s: float, max_gap_s: float | None, use_cloud: bool, device_compute: bool = True):
+        """``use_cloud=False``: device mode. ``device_compute=False``: cloud mode (the cloud makes every token)."""
+        if not prompt_ids:
+            raise ValueError("the prompt needs at least one token")
+        if max_tokens < 1 or chunk_size < 1:
+            raise ValueError("max_tokens and chunk_size must be >= 1")
+        self.prompt = list(prompt_ids)
+        self.max_tokens, self.stop_token_ids, self.chunk_size = max_tokens, set(stop_token_ids), chunk_size
+        self.answer: list[int] = []
+        self.origins: list[str] = []
+        self.num_computed_tokens = 0
+        self.state = SessionState.PREFILLING
+        self.cloud = CloudState.WAITING if use_cloud else CloudState.OFF
+        self.device_compute = device_compute
+        if not (use_cloud or device_compute):
+            raise ValueError("a session needs the cloud, the device, or both")
+        self.cloud_tokens_received = 0
+        self.handover_index: int | None = None
+        self.fallback: str | None = None
+        self.finish_reason: str | None = None
+        self.controller: SpeedController[tuple[int, int, str]] = SpeedController(pace_s, max_gap_s)
+        self.shown: list[ShownToken] = []
+        self._outbox: list[StopCloud] = []
+        self._computing = False
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def finished(self) -> bool:
+        """The answer is complete and every token has been shown."""
+        return self.state is SessionState.FINISHED and self.controller.buffered == 0
+
+    def next_compute(self) -> Compute | None:
+        """The next local step, or None (one already running, nothing to do, or the answer is done)."""
+        if self._computing or self.state is SessionState.FINISHED or not self.device_compute:
+            return None
+        pending = (self.prompt + self.answer)[self.num_computed_tokens:]
+        if not pending:
+            return None
+        self._computing = True
+        if self.state is SessionState.DECODING and len(pending) == 1:
+            return Compute((pending[0],), decode=True)
+        return Compute(tuple(pending[: self.chunk_size]), decode=False)
+
+    def messages_to_send(self) -> list[StopCloud]:
+        """What the shell must tell the cloud now (each message once)."""
+        out, self._outbox = self._outbox, []
+        return out
+
+    def next_release_s(self) -> float | None:
+        """When the next buffered token is due to be shown (None: nothing buffered)."""
+        return self.controller.next_release_s()
+
+    def release_due(self, now_s: float) -> list[ShownToken]:
+        """The tokens to show at ``now_s``, in order, with their scheduled show times."""
+        out = []
+        for item in self.controller.release_due(now_s):
+            index, token_id, origin = item.item
+            out.append(ShownToken(index, token_id, origin, item.arrival_s, item.shown_s))
+        self.shown.extend(out)
+        return out
+
+    # ------------------------------------------------------------------ events
+
+    def on_computed(self, num_tokens: int, next_token: int, now_s: float) -> None:
+        """A local step over ``num_tokens`` tokens finished; ``next_token`` was sampled from its logits."""
+        self._computing = False
+        self.num_computed_tokens += num_tokens
+        if self.state is SessionState.FINISHED:
+            return
+        if self.num_computed_tokens < len(self.prompt):
+            return
+        if self.num_computed_tokens < len(self.prompt) + len(self.answer):
+            self._move(SessionState.CATCHING_UP)  # more cloud tokens arrived meanwhile: prefill them too
+            return
+        if self.state is not SessionState.DECODING:
+            self._take_over()
+        self._commit(next_token, "device", now_s)
+
+    def on_cloud_token(self, index: int, token_id: int, now_s: float) -> None:
+        """Cloud token ``index`` (0-based) arrived."""
+        if self.cloud not in (CloudState.WAITING, CloudState.STREAMING) or index < self.cloud_tokens_received:
+            return  # after the hand-over, a stop or a failure; or a duplicate
+        if index > self.cloud_tokens_received:
+            self.on_cloud_failed(f"cloud_protocol_error: token {index} arrived before {self.cloud_tokens_received}")
+            return
+        self.cloud = CloudState.RELEASED if token_id in self.stop_token_ids else CloudState.STREAMING
+        self.cloud_tokens_received += 1
+        if self.state in (SessionState.DECODING, SessionState.FINISHED):
+            return
+        self._commit(token_id, "cloud", now_s)
+
+    def on_cloud_ended(self, reason: str) -> None:
+        """The cloud finished the request (``done``) for ``reason``."""
+        if self.cloud not in (CloudState.WAITING, CloudState.STREAMING):
+            return
+        if reason in ("error", "disconnected") or (reason != "eos" and self.cloud_tokens_received == 0):
+            self.on_cloud_failed(f"cloud_ended: {reason}")
+            return
+        self.cloud = CloudState.RELEASED
+        if not self.device_compute and self.state is not SessionState.FINISHED:
+            self._finish("length")
+
+    def on_cloud_failed(self, reason: str) -> None:
+        """The cloud cannot help (unreachable, refused, rejected, dropped, too slow); the device goes on alone.
+        Recorded as the fallback reason unless the device had taken over already."""
+        if self.cloud not in (CloudState.WAITING, CloudState.STREAMING):
+            return
+        self.cloud = CloudState.FAILED
+        if self.state is not SessionState.FINISHED:
+            self.fallback = reason
+            if not self.device_compute:
+                self._finish("error")
+
+    def limit_cloud(self, num_tokens: int) -> None:
+        """Ask the cloud for at most ``num_tokens`` tokens in all (a tighter k once its TTFT is known)."""
+        if self.cloud in (CloudState.WAITING, CloudState.STREAMING) and num_tokens >= 1:
+            self._outbox.append(StopCloud(num_tokens - 1))
+
+    def give_up_cloud(self, reason: str) -> None:
+        """Stop using the cloud before its first token (e.g. it would answer later than the device)."""
+        if self.cloud is CloudState.WAITING:
+            self._outbox.append(StopCloud(-1))
+            self.on_cloud_failed(reason)
+
+    # ------------------------------------------------------------------ internals
+
+    def _take_over(self) -> None:
+        """Local KV covers prompt + every committed token: the device produces the rest."""
+        j = len(self.answer)
+        if self.cloud is CloudState.WAITING:
+            self.give_up_cloud("cloud_slow: the device finished the prompt before the first cloud token")
+        elif self.cloud is CloudState.STREAMING:
+            self._outbox.append(StopCloud(j - 1))
+            self.cloud = CloudState.RELEASED
+        if self.cloud_tokens_received:
+            self.handover_index = j
+        self._move(SessionState.DECODING)
+
+    def _commit(self, token_id: int, origin: str, now_s: float) -> None:
+        if token_id in self.stop_token_ids:
+            self._finish("stop")
+            return
+        index = len(self.answer)
+        self.answer.append(int(token_id))
+        self.origins.append(origin)
+        self.controller.push((index, int(token_id), origin), now_s)
+        if len(self.answer) >= self.max_tokens:
+            self._finish("length")
+
+    def _finish(self, reason: str) -> None:
+        self.finish_reason = reason
+        if self.cloud in (CloudState.WAITING, CloudState.STREAMING):
+            self._outbox.append(StopCloud(-1) if self.cloud is CloudState.WAITING else StopCloud(len(self.answer) - 1))
+            self.cloud = CloudState.RELEASED
+        self._move(SessionState.FINISHED)
+
+    def _move(self, new: SessionState) -> None:
+        if new is self.state:
+            return
+        if new not in _TRANSITIONS[self.state]:
+            raise RuntimeError(f"session: {self.state.name} -> {new.name} is not a valid transition")
+        self.state = new

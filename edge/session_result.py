@@ -1,0 +1,83 @@
+"""The record of one session request: the answer, where each token came from, timings, cloud usage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pdlink.edge.timeline import Timeline
+
+
+@dataclass
+class SessionResult:
+    """Everything ``pdlink generate --json`` prints for a session request, plus the timeline."""
+
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    finish_reason: str
+    mode: str
+    ttft_s: float | None
+    handover_index: int | None
+    origins: list[str]
+    fallback: str | None
+    gaps_s: list[float]
+    cloud_busy_s: float | None
+    cloud_done: dict | None
+    settings: dict
+    emulation: dict
+    e2e_s: float
+    device_compute_s: float
+    timeline: Timeline
+
+    @property
+    def max_gap_s(self) -> float:
+        return max(self.gaps_s, default=0.0)
+
+    def to_json(self, with_timeline: bool = False) -> dict:
+        """The engine contract's keys plus the session's (see the CLI contract)."""
+        gaps = np.array(self.gaps_s) if self.gaps_s else np.zeros(1)
+        tokens = len(self.token_ids)
+        decode_s = self.timeline.shown[-1][0] - self.timeline.shown[0][0] if tokens > 1 else 0.0
+        out = {
+            "text": self.text, "token_ids": self.token_ids, "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": tokens, "finish_reason": self.finish_reason, "mode": self.mode,
+            "prefill_s": self.ttft_s, "decode_s": decode_s,
+            "prefill_tok_s": self.prompt_tokens / self.ttft_s if self.ttft_s else None,
+            "decode_tok_s": (tokens - 1) / decode_s if decode_s else None,
+            "ttft_s": self.ttft_s, "handover_index": self.handover_index, "origins": self.origins,
+            "fallback": self.fallback, "max_gap_s": self.max_gap_s, "p99_gap_s": float(np.percentile(gaps, 99)),
+            "mean_gap_s": float(gaps.mean()), "cloud_busy_s": self.cloud_busy_s, "cloud_done": self.cloud_done,
+            "cloud_tokens_shown": self.origins.count("cloud"), "settings": self.settings,
+            "emulation": self.emulation, "e2e_s": self.e2e_s, "device_compute_s": self.device_compute_s,
+        }
+        if with_timeline:
+            out["timeline"] = self.timeline.to_json()
+        return out
+
+
+def build_result(run) -> SessionResult:
+    """Collect a finished ``_Run`` (pdlink.edge.session) into its record."""
+    core, timeline, s = run.core, run.timeline, run.s
+    first = timeline.shown[0][0] if timeline.shown else None
+    done = run.link.done if run.link is not None else None
+    cloud_done = None
+    if done is not None:
+        cloud_done = {"reason": done.reason, "tokens_sent": done.tokens_sent, "cloud_busy_s": done.cloud_busy_s,
+                      "stop_after_index": done.stop_after_index}
+    settings = {"use_cloud": run.settings.use_cloud, "k": run.settings.k, "k_after_estimate": run.k, "pace_s": run.settings.pace_s,
+                "final_pace_s": core.controller.tau_s, "chunk_size": run.settings.chunk_size,
+                "refine": run.settings.refine, "reason": run.settings.reason, "predicted": run.settings.predicted,
+                "max_gap_s": s.cfg.max_gap_s}
+    emulation = {"device": s.device.label(), "network": s.cfg.network.label(),
+                 "threads": {"device_engine": s.engine.num_threads},
+                 "note": "emulated device: real engine work, then a wait to the profile's time"
+                 if s.device.profile is not None else "this machine's own speed"}
+    return SessionResult(
+        text=s.tokenizer.decode(core.answer), token_ids=list(core.answer), prompt_tokens=len(core.prompt),
+        finish_reason=core.finish_reason or "error", mode=run.mode, ttft_s=first, handover_index=core.handover_index,
+        origins=list(core.origins), fallback=core.fallback, gaps_s=[float(g) for g in timeline.gaps()],
+        cloud_busy_s=done.cloud_busy_s if done is not None else (0.0 if run.link is None else None),
+        cloud_done=cloud_done, settings=settings, emulation=emulation, e2e_s=run._now(),
+        device_compute_s=s.device.compute_s, timeline=timeline)
