@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   -- install, compile the default model (SmolLM2-135M, 4-bit) for this machine, answer a prompt
+#   make demo   -- install, compile the default model (SmolLM2-135M, 4-bit) for this machine, start the cloud
+#                  service on loopback and answer a long prompt in P/D mode under an emulated phone
 #   make test   -- install, run the test suite (unit, model and end-to-end tiers)
 SHELL := /bin/bash
 VENV ?= .venv
@@ -28,7 +29,7 @@ $(PACKAGE)/manifest.json: $(STAMP)
 	$(PDLINK) compile --model smollm2-135m --target host --quant q4_1 --output $(PACKAGE)
 
 demo: $(PACKAGE)/manifest.json
-	$(PDLINK) generate --package $(PACKAGE) --prompt "Explain in two sentences why the sky is blue." --max-tokens 96 --temperature 0
+	$(PDLINK) demo --package $(PACKAGE) --output bench/results
 
 test: $(STAMP)
 	# qemu-user-static + the aarch64 cross toolchain: the linux-arm64 package is run under emulation.
@@ -43,6 +44,7 @@ bench-deps: $(STAMP)
 
 bench: bench-deps
 	$(PDLINK) bench engine --output bench/results
+	$(PDLINK) bench session --output bench/results
 
 clean:
 	rm -rf packages .cache bench/results

@@ -101,12 +101,14 @@ class NetworkLink:
     def __init__(self, emulation: NetworkEmulation, direction: int = 0):
         self.emulation = emulation
         self._rng = random.Random(emulation.seed * 2 + direction)
-        self._last_s = float("-inf")
+        self._link_free_s = self._last_s = float("-inf")
 
     def delivery_s(self, sent_s: float, nbytes: int) -> float:
+        """Serialization at the bandwidth (messages queue behind each other), then half the RTT plus jitter;
+        delivered in order, like one TCP stream."""
         e = self.emulation
-        delay = e.rtt_ms / 2000 + self._rng.uniform(0, e.jitter_ms) / 1000
-        if e.bandwidth_mbps:
-            delay += nbytes * 8 / (e.bandwidth_mbps * 1e6)
-        self._last_s = max(self._last_s, sent_s + delay)  # in order, like one TCP stream
+        start = max(sent_s, self._link_free_s)
+        self._link_free_s = start + (nbytes * 8 / (e.bandwidth_mbps * 1e6) if e.bandwidth_mbps else 0.0)
+        arrival = self._link_free_s + e.rtt_ms / 2000 + self._rng.uniform(0, e.jitter_ms) / 1000
+        self._last_s = max(self._last_s, arrival)
         return self._last_s

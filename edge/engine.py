@@ -18,7 +18,7 @@ from pdlink.edge.package import ENTRY_POINTS, Manifest, PackageError, check_runn
 from pdlink.edge.tokenizer import Tokenizer
 
 
-SMALL_BATCH = 8  # batch_decode runs this many sequences or fewer as single decodes (see batch_decode)
+SMALL_BATCH = 8  # this many rows or fewer run as single-row decodes (see prefill and batch_decode)
 
 
 class PromptTooLongError(ValueError):
@@ -208,6 +208,10 @@ class Engine:
         if ids.size == 0:
             raise ValueError("prefill needs at least one token")
         self._check_room(seq_id, ids.size)
+        if ids.size <= SMALL_BATCH:  # a few tokens (e.g. received from the cloud): GEMVs beat a padded GEMM
+            for token in ids[:-1]:
+                self._forward("decode", [seq_id], [1], token.reshape(1, 1))
+            return self._forward("decode", [seq_id], [1], ids[-1:].reshape(1, 1))[0]
         chunk = min(chunk_size or self.prefill_chunk_size, self.prefill_chunk_size)
         logits = None
         for start in range(0, ids.size, chunk):

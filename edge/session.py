@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import AsyncIterator, Iterator
 
 from pdlink.edge.cloud_link import CloudFailure, CloudLink, CloudTarget
@@ -42,7 +42,7 @@ class SessionConfig:
 
     package: str
     cloud: CloudTarget | None = None
-    device_profile: str | None = None  # a named profile to emulate ("phone", "laptop"); None = this machine
+    device_profile: str | DeviceProfile | None = None  # emulate "phone", "laptop" or a profile; None = this machine
     network: NetworkEmulation = field(default_factory=NetworkEmulation)
     threads: int = 0
     context_window: int = 0
@@ -52,7 +52,7 @@ class SessionConfig:
     done_wait_s: float = 5.0  # how long to wait for the cloud's final report after the answer
 
     def __post_init__(self):
-        if self.device_profile is not None:
+        if isinstance(self.device_profile, str):
             named_profile(self.device_profile)  # raises with the list of names
         if self.max_gap_s <= 0 or self.chunk_size < 1 or self.done_wait_s < 0:
             raise ValueError("max_gap_s must be > 0, chunk_size >= 1 and done_wait_s >= 0")
@@ -80,13 +80,20 @@ class Session:
         self.cfg = cfg
         self.engine = engine or Engine(EngineConfig(package=cfg.package, num_threads=cfg.threads,
                                                     context_window=cfg.context_window, max_num_sequences=1))
-        emulated = named_profile(cfg.device_profile) if cfg.device_profile else None
+        emulated = named_profile(cfg.device_profile) if isinstance(cfg.device_profile, str) else cfg.device_profile
         self.device = EmulatedDevice(self.engine, emulated)
-        self.profile = emulated or profile or _stored_or_measured_profile(self.engine)
+        self._profile = emulated or profile
         self.tokenizer = self.engine.tokenizer
         self.stop_ids = _stop_ids(self.engine)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pdlink-engine")
         self.last: SessionResult | None = None
+
+    @property
+    def profile(self) -> DeviceProfile:
+        """The device profile the settings use: the emulated one, else this machine's (stored or measured)."""
+        if self._profile is None:
+            self._profile = _stored_or_measured_profile(self.engine)
+        return self._profile
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
@@ -94,13 +101,12 @@ class Session:
     def encode(self, prompt: str, raw: bool = False) -> list[int]:
         return self.tokenizer.encode(prompt) if raw else self.tokenizer.encode_chat(prompt)
 
-    def generate(self, prompt: str | list[int], *, mode: str = "pd", max_tokens: int = 128,
-                 sampling: SamplingParams | None = None, raw: bool = False) -> Iterator[SessionToken]:
-        """Stream the answer (blocking iterator); the full record is in ``self.last`` afterwards."""
+    def generate(self, prompt: str | list[int], **kwargs) -> Iterator[SessionToken]:
+        """Stream the answer (blocking iterator; arguments as ``agenerate``); the record is in ``self.last``."""
         out: queue.Queue = queue.Queue()
 
         async def pump():
-            async for tok in self.agenerate(prompt, mode=mode, max_tokens=max_tokens, sampling=sampling, raw=raw):
+            async for tok in self.agenerate(prompt, **kwargs):
                 out.put(tok)
 
         def run():
@@ -119,8 +125,12 @@ class Session:
         thread.join()
 
     async def agenerate(self, prompt: str | list[int], *, mode: str = "pd", max_tokens: int = 128,
-                        sampling: SamplingParams | None = None, raw: bool = False) -> AsyncIterator[SessionToken]:
-        """Stream the answer as an async iterator; the full record is in ``self.last`` afterwards."""
+                        sampling: SamplingParams | None = None, raw: bool = False, k: int | None = None,
+                        pace_s: float | None = None, chunk_size: int | None = None) -> AsyncIterator[SessionToken]:
+        """Stream the answer as an async iterator; the full record is in ``self.last`` afterwards.
+
+        ``prompt``: text (wrapped in the chat template unless ``raw``) or token ids. ``k``, ``pace_s`` and
+        ``chunk_size`` override the settings decision for this request (pd mode)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if mode != "device" and self.cfg.cloud is None:
@@ -136,6 +146,11 @@ class Session:
                                      "lower --max-tokens")
         sampling = sampling or SamplingParams()
         settings = self._settings(mode, len(ids), max_tokens)
+        if mode == "pd" and (k is not None or pace_s is not None or chunk_size is not None):
+            settings = replace(settings, use_cloud=settings.use_cloud if k is None else k > 0,
+                               k=settings.k if k is None else k,
+                               pace_s=settings.pace_s if pace_s is None else pace_s,
+                               chunk_size=chunk_size or settings.chunk_size, reason="set by the caller")
         run = _Run(self, ids, mode, max_tokens, sampling, settings)
         async for tok in run.drive():
             yield tok
@@ -267,7 +282,7 @@ class _Run:
         j, _ = cloud_tokens_needed(len(self.ids), self.s.profile, cloud_ttft, self.settings.pace_s,
                                    self.core.max_tokens)
         k = with_margin(j)
-        if k < self.k:
+        if k < self.k and self.settings.reason != "set by the caller":
             self.k = k
             self.core.limit_cloud(k)
 

@@ -201,6 +201,14 @@ def _add_bench(sub) -> None:
     e.add_argument("--repeats", type=int, default=3)
     e.add_argument("--engines", nargs="+", default=["pdlink-q4_1", "pdlink-f32", "llama.cpp", "transformers"])
     e.set_defaults(func=_cmd_bench_engine)
+    ss = which.add_parser("session", help="pd vs device vs cloud mode: TTFT, shown-token gaps, cloud busy time")
+    ss.add_argument("--output", default="bench/results")
+    ss.add_argument("--lengths", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096])
+    ss.add_argument("--max-tokens", type=int, default=128)
+    ss.add_argument("--device-profile", default="phone")
+    ss.add_argument("--net-rtt-ms", type=float, default=40.0)
+    ss.add_argument("--package", default=None, help="compiled package (default: q4_1 of SmolLM2, built on demand)")
+    ss.set_defaults(func=_cmd_bench_session)
     c = which.add_parser("cloud", help="cloud service under Poisson load from the shared traces")
     c.add_argument("--output", default="bench/results")
     c.set_defaults(func=_cmd_bench_cloud)
@@ -218,6 +226,18 @@ def _cmd_bench_engine(args) -> int:
             "rss_ratio_q4_vs_llamacpp")
     print(json.dumps({k: report[k] for k in keys}, indent=2))
     print(f"wrote {Path(args.output) / 'engine.json'} and engine.png")
+    return 0
+
+
+def _cmd_bench_session(args) -> int:
+    from pdlink.bench.session import SessionBenchConfig, run_session_bench
+
+    cfg = SessionBenchConfig(output=args.output, lengths=tuple(args.lengths), max_tokens=args.max_tokens,
+                             device_profile=args.device_profile, net_rtt_ms=args.net_rtt_ms, package=args.package)
+    report = run_session_bench(cfg)
+    keys = ("ttft_reduction_2k", "max_gap_s", "p99_gap_s", "cloud_busy_ratio_pd_vs_cloud")
+    print(json.dumps({k: report[k] for k in keys}, indent=2))
+    print(f"wrote {Path(args.output) / 'session.json'}, session.png and session-timeline-*.png")
     return 0
 
 
@@ -239,8 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_chat(sub)
     _add_bench(sub)
     from pdlink.edge.session_cli import add_profile_command
+    from pdlink.edge.session_demo import add_demo_command
 
     add_profile_command(sub)
+    add_demo_command(sub)
     from pdlink.cloud.cli import add_cloud_commands
 
     add_cloud_commands(sub)

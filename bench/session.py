@@ -1,0 +1,153 @@
+"""``pdlink bench session``: TTFT, shown-token gaps and cloud usage of pd vs device vs cloud mode.
+
+One cloud server (the same compiled package, its own thread budget) on loopback; one device session
+(its own thread budget) emulating a phone-class device. For each prompt length (real text), the same
+prompt runs in device, pd and cloud mode; ``session.json`` holds every figure, plus one timeline plot
+per length (pd mode) and a TTFT-vs-length plot.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+MODES = ("device", "pd", "cloud")
+
+
+@dataclass(frozen=True)
+class SessionBenchConfig:
+    """Settings of one ``pdlink bench session`` run."""
+
+    output: str
+    lengths: tuple[int, ...] = (256, 512, 1024, 2048, 4096)
+    max_tokens: int = 128
+    device_profile: str = "phone"
+    net_rtt_ms: float = 40.0
+    net_jitter_ms: float = 5.0
+    device_threads: int = 1
+    cloud_threads: int = 1
+    package: str | None = None  # default: the q4_1 package of the default model, built on demand
+
+    def __post_init__(self):
+        if 2048 not in self.lengths:
+            raise ValueError("--lengths must include 2048 (ttft_reduction_2k is taken there)")
+        if min(self.lengths) < 16 or self.max_tokens < 2:
+            raise ValueError("lengths must be >= 16 tokens and max_tokens >= 2")
+
+
+def build_prompt(tokenizer, num_tokens: int, instruction: str = "Summarize the following text.") -> list[int]:
+    """A chat prompt of about ``num_tokens`` tokens: an instruction and real text cut to fit."""
+    from pdlink.bench.workload import prompt_of_length
+
+    overhead = len(tokenizer.encode_chat(instruction + "\n\n"))
+    body = tokenizer.decode(prompt_of_length(tokenizer.encode, max(8, num_tokens - overhead)))
+    return tokenizer.encode_chat(instruction + "\n\n" + body)
+
+
+def run_session_bench(cfg: SessionBenchConfig) -> dict:
+    """Run the benchmark; writes ``session.json`` and the plots into ``cfg.output``; returns the report."""
+    from pdlink.bench.engine import _ensure_package, machine_info
+    from pdlink.cloud.server_process import ServerProcess
+    from pdlink.edge.cloud_link import CloudTarget
+    from pdlink.edge.emulation import NetworkEmulation
+    from pdlink.edge.session import Session, SessionConfig
+    from pdlink.edge.timeline import plot_timeline
+
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    package = Path(cfg.package) if cfg.package else _ensure_package("q4_1", Path(".cache/bench-packages"))
+    longest = max(cfg.lengths) + cfg.max_tokens + 64
+    server = ServerProcess("--model", str(package), "--threads", str(cfg.cloud_threads), "--max-prompt-tokens",
+                           str(longest), "--max-leading-tokens", str(max(256, cfg.max_tokens)),
+                           "--prefill-chunk-tokens", "1024", "--step-token-budget", "2048",
+                           "--ttft-budget-s", "600", log_path=out / "session-server.log")
+    runs: dict[str, dict] = {}
+    with server:
+        url = server.wait_ready(timeout_s=300)
+        network = NetworkEmulation(rtt_ms=cfg.net_rtt_ms, jitter_ms=cfg.net_jitter_ms, seed=7)
+        session = Session(SessionConfig(package=str(package), cloud=CloudTarget(url, event_timeout_s=600),
+                                        device_profile=cfg.device_profile, network=network,
+                                        threads=cfg.device_threads, context_window=longest))
+        try:
+            list(session.generate(build_prompt(session.tokenizer, 64), mode="pd", max_tokens=4))  # warm-up
+            for length in cfg.lengths:
+                ids = build_prompt(session.tokenizer, length)
+                runs[str(length)] = {}
+                for mode in MODES:
+                    t0 = time.perf_counter()
+                    list(session.generate(ids, mode=mode, max_tokens=cfg.max_tokens))
+                    result = session.last
+                    runs[str(length)][mode] = {**result.to_json(), "wall_s": time.perf_counter() - t0,
+                                               "gaps_s": result.gaps_s}
+                    if mode == "pd":
+                        plot_timeline(result.timeline, out / f"session-timeline-{length}.png",
+                                      f"pd, {result.prompt_tokens} prompt tokens, {cfg.device_profile} (emulated), "
+                                      f"RTT {cfg.net_rtt_ms:.0f} ms: TTFT {result.ttft_s:.2f} s, hand-over "
+                                      f"{result.handover_index}, fallback {result.fallback}")
+                    print(f"  {length:5d} {mode:6s} ttft {result.ttft_s:7.2f} s  handover {result.handover_index}"
+                          f"  cloud busy {result.cloud_busy_s}  max gap {result.max_gap_s * 1000:.0f} ms", flush=True)
+        finally:
+            session.close()
+    report = _report(cfg, runs, machine_info(cfg.device_threads + cfg.cloud_threads), session)
+    (out / "session.json").write_text(json.dumps(report, indent=1))
+    plot_session_bench(report, out / "session.png")
+    return report
+
+
+def _report(cfg: SessionBenchConfig, runs: dict, machine: dict, session) -> dict:
+    pd_gaps = np.concatenate([np.array(r["pd"]["gaps_s"]) for r in runs.values()] or [np.zeros(1)])
+    busy = {m: sum(r[m]["cloud_busy_s"] or 0.0 for r in runs.values()) for m in ("pd", "cloud")}
+    two_k = runs["2048"]
+    return {
+        "ttft_reduction_2k": 1 - two_k["pd"]["ttft_s"] / two_k["device"]["ttft_s"],
+        "max_gap_s": float(pd_gaps.max()) if pd_gaps.size else 0.0,
+        "p99_gap_s": float(np.percentile(pd_gaps, 99)) if pd_gaps.size else 0.0,
+        "cloud_busy_ratio_pd_vs_cloud": busy["pd"] / busy["cloud"] if busy["cloud"] else None,
+        "ttft_s": {length: {m: r[m]["ttft_s"] for m in MODES} for length, r in runs.items()},
+        "ttft_reduction": {length: 1 - r["pd"]["ttft_s"] / r["device"]["ttft_s"] for length, r in runs.items()},
+        "cloud_busy_s": {length: {m: r[m]["cloud_busy_s"] for m in ("pd", "cloud")} for length, r in runs.items()},
+        "handover_index": {length: r["pd"]["handover_index"] for length, r in runs.items()},
+        "pd_equals_device": {length: r["pd"]["token_ids"] == r["device"]["token_ids"] for length, r in runs.items()},
+        "config": asdict(cfg),
+        "threads": {"device_engine": cfg.device_threads, "cloud_server": cfg.cloud_threads,
+                    "note": "device and cloud share this machine's cores, each with its own thread budget"},
+        "device_profile": session.profile.to_json(),
+        "emulation_note": "device speed emulated: the real engine computes every step, then waits out the "
+                          "difference to the profile's time; the network is emulated on loopback",
+        "machine": machine,
+        "runs": runs,
+    }
+
+
+def plot_session_bench(report: dict, path: Path) -> None:
+    """TTFT per mode against prompt length, and cloud busy seconds of pd vs cloud."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lengths = sorted(report["ttft_s"], key=int)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for mode in MODES:
+        a.plot([int(n) for n in lengths], [report["ttft_s"][n][mode] for n in lengths], "o-", label=mode)
+    a.set_xlabel("prompt tokens")
+    a.set_ylabel("TTFT (s)")
+    a.set_title(f"TTFT, {report['config']['device_profile']} (emulated); 2k reduction "
+                f"{report['ttft_reduction_2k']:.0%}", fontsize=9)
+    a.legend()
+    a.grid(alpha=0.3)
+    x = np.arange(len(lengths))
+    for i, mode in enumerate(("pd", "cloud")):
+        b.bar(x + (i - 0.5) * 0.4, [report["cloud_busy_s"][n][mode] or 0 for n in lengths], 0.4, label=mode)
+    b.set_xticks(x, lengths)
+    b.set_xlabel("prompt tokens")
+    b.set_ylabel("cloud busy seconds")
+    b.set_title(f"cloud busy, pd / cloud = {report['cloud_busy_ratio_pd_vs_cloud'] or 0:.2f}", fontsize=9)
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
