@@ -22,7 +22,7 @@ class ChatSession:
         self.messages.append({"role": "user", "content": user_message})
         tok = self.engine.tokenizer
         ids = tok.encode(tok.apply_chat_template(self.messages, add_generation_prompt=True))
-        common = _common_prefix(self._cached, ids)
+        common = common_prefix_length(self._cached, ids)
         if common == len(ids):  # prefill needs at least one new token
             common -= 1
         self.engine.rollback(self._seq, len(self._cached) - common)
@@ -38,7 +38,8 @@ class ChatSession:
         self.engine.remove_sequence(self._seq)
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    """How many leading tokens two id lists share."""
     n = 0
     for x, y in zip(a, b):
         if x != y:

@@ -68,7 +68,7 @@ def build_result(run) -> SessionResult:
                       "stop_after_index": done.stop_after_index}
     settings = {"use_cloud": run.settings.use_cloud, "k": run.settings.k, "k_after_estimate": run.k, "pace_s": run.settings.pace_s,
                 "final_pace_s": core.controller.tau_s, "chunk_size": run.settings.chunk_size,
-                "refine": run.settings.refine, "reason": run.settings.reason, "predicted": run.settings.predicted,
+                "reason": run.settings.reason, "predicted": run.settings.predicted,
                 "max_gap_s": s.cfg.max_gap_s}
     emulation = {"device": s.device.label(), "network": s.cfg.network.label(),
                  "threads": {"device_engine": s.engine.num_threads},

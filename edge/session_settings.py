@@ -43,7 +43,6 @@ class SessionSettings:
     k: int  # tokens the cloud generates at most
     pace_s: float  # the speed controller's tau
     chunk_size: int  # local prefill chunk
-    refine: bool = False
     reason: str = ""  # why these settings
     predicted: dict | None = None  # device_ttft_s, cloud_ttft_s, catch_up_s
 

@@ -237,3 +237,11 @@ def test_bad_session_input_is_a_clear_error(q4_1_package, tmp_path):
                            (["--net-rtt-ms", "-5"], "net-rtt")):
         run = subprocess.run(base + extra, capture_output=True, text=True, timeout=120)
         assert run.returncode == 2 and message in run.stderr, run.stderr
+
+
+def test_chat_with_the_cloud_shows_origins(server, q4_1_package):
+    run = subprocess.run([sys.executable, "-m", "pdlink.cli", "chat", "--package", str(q4_1_package), "--cloud",
+                          server.url, "--show-origin", "--max-tokens", "8", "--temperature", "0", "--threads", "1"],
+                         input="What is the capital of France?\n\n", capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.count("[cloud]") + run.stdout.count("[device]") >= 1 and "TTFT" in run.stderr

@@ -100,3 +100,20 @@ def test_invalid_sampling_parameters_are_refused(f32_package, flags, message):
 
 def test_missing_prompt_file_is_refused(f32_package, tmp_path):
     _error(pdlink("generate", "--package", f32_package, "--prompt-file", tmp_path / "x.txt", check=False), "does not exist")
+
+
+def test_profile_measures_and_stores_the_device(q4_1_package, tmp_path):
+    out = tmp_path / "profile.json"
+    proc = pdlink("profile", "--package", q4_1_package, "--threads", 1, "--output", out)
+    printed, stored = json.loads(proc.stdout), json.loads(out.read_text())
+    assert printed["path"] == str(out) and stored["name"] == "measured" and not stored["emulated"]
+    assert stored["prefill_tok_s"] > 1 and 0 < stored["decode_s_per_token"] < 5
+
+
+def test_device_mode_json_has_the_session_keys(q4_1_package):
+    proc = pdlink("generate", "--package", q4_1_package, "--prompt", "Name a color.", "--max-tokens", 6,
+                  "--temperature", 0, "--json", "--threads", 1)
+    out = json.loads(proc.stdout)
+    assert out["mode"] == "device" and out["origins"] == ["device"] * len(out["token_ids"])
+    assert out["handover_index"] is None and out["fallback"] is None and out["cloud_busy_s"] == 0.0
+    assert out["ttft_s"] > 0 and out["max_gap_s"] >= 0

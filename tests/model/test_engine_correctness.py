@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from pdlink.edge.chat import common_prefix_length
 from pdlink.edge.engine import Engine, EngineConfig
 from pdlink.edge.generator import GenerationConfig, generate
 from tests.model.prompts import chat_prompts
@@ -47,15 +48,6 @@ def test_f32_greedy_equals_transformers(f32_engine, prompt_ids, hf_tokens):
         assert _engine_greedy(f32_engine, ids, NUM_TOKENS) == expected
 
 
-def _agreement(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def _quantized_copy(model, fmt_name: str):
     """transformers' model with every matrix passed through a pdlink weight format (encode, decode)."""
     import copy
@@ -77,8 +69,8 @@ def test_q4f16_matches_transformers_on_the_same_quantized_weights(q4f16_package,
     engine = Engine(EngineConfig(package=str(q4f16_package), num_threads=2))
     ours = [_engine_greedy(engine, ids, 16) for ids in prompt_ids]
     reference = _quantized_copy(hf_reference[0], "q4sym_f16")
-    same_weights = [_agreement(a, hf_greedy(reference, ids, 16)) for a, ids in zip(ours, prompt_ids)]
-    vs_f32 = [_agreement(a, ref) for a, ref in zip(ours, hf_tokens)]
+    same_weights = [common_prefix_length(a, hf_greedy(reference, ids, 16)) for a, ids in zip(ours, prompt_ids)]
+    vs_f32 = [common_prefix_length(a, ref) for a, ref in zip(ours, hf_tokens)]
     # The default model's weights are Q4_1 already: re-quantizing them to symmetric 4-bit loses
     # accuracy a second time, so agreement with the f32 answer is measured and reported, and the
     # kernel is held to transformers running the very same 4-bit weights.
@@ -90,7 +82,7 @@ def test_q4f16_matches_transformers_on_the_same_quantized_weights(q4f16_package,
 def test_q4_1_keeps_the_gguf_weights_and_matches_their_answers(q4_1_package, prompt_ids, hf_tokens):
     """q4_1 holds the GGUF's own blocks, which transformers dequantizes: same weights, same answers."""
     engine = Engine(EngineConfig(package=str(q4_1_package), num_threads=2))
-    agree = [_agreement(_engine_greedy(engine, ids, 16), ref) for ids, ref in zip(prompt_ids, hf_tokens)]
+    agree = [common_prefix_length(_engine_greedy(engine, ids, 16), ref) for ids, ref in zip(prompt_ids, hf_tokens)]
     print(f"q4_1 vs transformers on the dequantized GGUF: leading tokens in agreement = {agree}")
     assert sum(a >= 8 for a in agree) >= 4, agree
 
@@ -104,7 +96,7 @@ def test_q4_1_differs_from_llamacpp_only_at_near_ties(q4_1_package, prompt_ids, 
     agree, margins = [], []
     for ids in prompt_ids:
         ours, theirs = _engine_greedy(engine, ids, 16), llamacpp_greedy(gguf_path, ids, 16)
-        n = _agreement(ours, theirs)
+        n = common_prefix_length(ours, theirs)
         agree.append(n)
         if n < 16:
             seq = engine.add_sequence()
