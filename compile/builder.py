@@ -28,6 +28,7 @@ from pdlink.edge.package import (
     host_cpu_features,
     sha256_file,
 )
+from pdlink.edge.tvm_runtime import require_compiler
 
 PARAMS_FILE = "params.safetensors"
 
@@ -145,6 +146,7 @@ def build_package(cfg: CompileConfig) -> Path:
 
 
 def _build_into(cfg: CompileConfig, ckpt, work: Path, steps: _Steps) -> None:
+    require_compiler()
     from tvm import relax
 
     from pdlink.compile.model import LlamaForCausalLM

@@ -17,6 +17,9 @@ import pytest
 os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+# This process compiles packages: load the full TVM before any Engine loads the runtime alone.
+import tvm  # noqa: E402,F401
+
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "test-packages"
 MODEL = "smollm2-135m"
@@ -59,7 +62,7 @@ def q4f16_package() -> Path:
 def f32_engine(f32_package):
     from pdlink.edge.engine import Engine, EngineConfig
 
-    return Engine(EngineConfig(package=str(f32_package), num_threads=2))
+    return Engine(EngineConfig(package=str(f32_package), num_threads=2, max_num_sequences=4))
 
 
 @pytest.fixture(scope="session")
