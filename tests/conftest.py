@@ -25,13 +25,16 @@ CACHE = ROOT / ".cache" / "test-packages"
 MODEL = "smollm2-135m"
 
 
-def build_cached_package(quant: str, target: str = "host") -> Path:
+def build_cached_package(quant: str, target: str = "host", tuned: bool = True) -> Path:
     """Build (or reuse) a package of the default model; returns its directory."""
     from pdlink.compile.builder import CompileConfig, build_package, compiler_fingerprint
 
-    out = CACHE / f"{MODEL}-{quant}-{target}-{compiler_fingerprint()}"
+    kind = "" if tuned else "-untuned"
+    out = CACHE / f"{MODEL}-{quant}-{target}{kind}-{compiler_fingerprint()}"
     if not (out / "manifest.json").is_file():
-        build_package(CompileConfig(model=MODEL, target=target, quant=quant, output=str(out), show_progress=False))
+        build_package(
+            CompileConfig(model=MODEL, target=target, quant=quant, output=str(out), show_progress=False, tuned=tuned)
+        )
     return out
 
 
