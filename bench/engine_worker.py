@@ -28,6 +28,11 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _context(args) -> int:
+    """Tokens one sequence of the run needs: the longest prompt, or the decode prompt plus its tokens."""
+    return max(max(args.lengths), args.lengths[0] + args.decode_tokens + 1)
+
+
 def _timed(fn, repeats: int) -> list[float]:
     fn()  # warm-up: first calls allocate workspaces and page weights in
     out = []
@@ -49,7 +54,9 @@ class PdlinkRunner:
     def __init__(self, args):
         from pdlink.edge.engine import Engine, EngineConfig
 
-        self.engine = Engine(EngineConfig(package=args.package, num_threads=args.threads, max_num_sequences=1))
+        self.engine = Engine(
+            EngineConfig(package=args.package, num_threads=args.threads, context_window=_context(args), max_num_sequences=1)
+        )
         self.encode = self.engine.tokenizer.encode
 
     def prefill(self, ids):
@@ -78,7 +85,7 @@ class LlamaCppRunner:
     def __init__(self, args):
         from llama_cpp import Llama
 
-        self.llm = Llama(model_path=args.gguf, n_ctx=4096, n_batch=2048, n_threads=args.threads,
+        self.llm = Llama(model_path=args.gguf, n_ctx=_context(args), n_batch=max(args.lengths), n_threads=args.threads,
                          n_threads_batch=args.threads, verbose=False)
         self.encode = lambda text: self.llm.tokenize(text.encode(), add_bos=False, special=False)
 
@@ -148,6 +155,7 @@ def run(args) -> dict:
             "times_s": decode_times,
         },
         "rss_mib": {"process_start": baseline, "after_load": loaded, "peak": _rss_mib()},
+        "kv_context_tokens": _context(args),
     }
     if hasattr(runner, "profile"):
         result["profile"] = runner.profile(prompts[512 if 512 in prompts else args.lengths[0]])

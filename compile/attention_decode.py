@@ -16,7 +16,7 @@ from tvm.script import tirx as T
 
 from pdlink.compile.attention_core import LANES, NEG, SCALE_LOG2E, exp2_approx, supported
 
-DECODE_CHUNK_PAGES = 16  # pages per work item (more items than threads on long contexts)
+DECODE_CHUNK_PAGES = 4  # pages per work item (more items than threads on long contexts)
 
 
 def make_decode_core(group: int, d: int, page_size: int):

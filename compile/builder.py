@@ -28,6 +28,7 @@ from pdlink.edge.package import (
     host_cpu_features,
     sha256_file,
 )
+from pdlink.edge.tvm_runtime import require_compiler
 
 PARAMS_FILE = "params.safetensors"
 
@@ -43,6 +44,7 @@ class CompileConfig:
     prefill_chunk_size: int = 2048
     page_size: int = 16
     show_progress: bool = True
+    tuned: bool = True  # False: plain matmul kernels, unscheduled (to check tuning keeps the answers)
 
     def __post_init__(self):
         get_target_preset(self.target)
@@ -144,6 +146,7 @@ def build_package(cfg: CompileConfig) -> Path:
 
 
 def _build_into(cfg: CompileConfig, ckpt, work: Path, steps: _Steps) -> None:
+    require_compiler()
     from tvm import relax
 
     from pdlink.compile.model import LlamaForCausalLM
@@ -152,13 +155,14 @@ def _build_into(cfg: CompileConfig, ckpt, work: Path, steps: _Steps) -> None:
     preset, quant = get_target_preset(cfg.target), get_quantization(cfg.quant)
     steps.step("export model")
     target = preset.tvm_target()
-    model = LlamaForCausalLM(ckpt.config, quant, target)
+    model = LlamaForCausalLM(ckpt.config, quant, target, tuned=cfg.tuned)
     mod, named = model.export_tvm(spec=model.spec())
     names = [n for n, _ in named]
     steps.step("convert weights")
     _convert_params(ckpt, quant, names, work, steps)
     steps.step(f"compile for {preset.name}")
-    ex = relax.build(mod, target=target, relax_pipeline=build_pipeline(target), system_lib=preset.system_lib or None)
+    pipeline = build_pipeline(target, cfg.prefill_chunk_size, tuned=cfg.tuned)
+    ex = relax.build(mod, target=target, relax_pipeline=pipeline, system_lib=preset.system_lib or None)
     library = _export_library(ex, preset, work)
     steps.step("tokenizer")
     tokenizer = ckpt.save_tokenizer(work)

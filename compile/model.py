@@ -1,97 +1,23 @@
 """Llama-family decoder in ``tvm.relax.frontend.nn`` with TVM's paged KV cache.
 
-Weights are held in the storage formats of :mod:`pdlink.compile.weight_format`; every matrix
-multiply reads its weight through the format's element reader, so dequantization is fused into the
-matmul kernel and 4-bit weights stay 4-bit in memory.
+Weights are :class:`~pdlink.compile.formatted_matrix.FormattedMatrix` objects held in the storage
+formats of :mod:`pdlink.compile.weight_format`, dequantized inside the matmul kernels.
 """
 
 from __future__ import annotations
 
 import contextlib
 
-from tvm import te, tirx
+from tvm import te
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
 from tvm import relax as rx
 
 from pdlink.compile.attention import cpu_attention_kernels
+from pdlink.compile.formatted_matrix import FormattedMatrix, matmul_forms
 from pdlink.compile.quantization import Quantization
-from pdlink.compile.schedule import (
-    DEQUANT_BLOCK,
-    GEMM_BLOCK,
-    LANES,
-    PAD_BLOCK,
-    PARTIAL_BLOCK,
-    ROW_TILE,
-    SUM_BLOCK,
-    UNPAD_BLOCK,
-)
 from pdlink.compile.weight_format import WeightFormat
 from pdlink.edge.model_config import LlamaConfig
-
-
-class FormattedMatrix(nn.Module):
-    """A ``[out, in]`` weight matrix stored in a :class:`WeightFormat`."""
-
-    def __init__(self, out_features: int, in_features: int, fmt: WeightFormat):
-        self.out_features, self.in_features, self.fmt = out_features, in_features, fmt
-        self.suffixes = []
-        for suffix, (shape, dtype) in fmt.array_specs(out_features, in_features).items():
-            setattr(self, suffix, nn.Parameter(shape, dtype))
-            self.suffixes.append(suffix)
-
-    def _arrays(self) -> list[nn.Tensor]:
-        return [getattr(self, s) for s in self.suffixes]
-
-    def matmul_nt(self, x: nn.Tensor, name: str) -> nn.Tensor:
-        """``x @ W.T`` for ``x`` of shape ``[rows, in]`` -> ``[rows, out]`` (float32).
-
-        One row (decode) is a GEMV: ``LANES`` interleaved partial sums per output, so the schedule
-        vectorizes along ``in`` straight from the packed weights. More rows (prefill, batches) are a
-        GEMM over rows padded to a multiple of ``ROW_TILE`` (no bounds checks in the inner loop),
-        reading a dequantized weight tile. Both are scheduled in :mod:`pdlink.compile.schedule`.
-        """
-        suffixes, fmt, n_in, n_out = self.suffixes, self.fmt, self.in_features, self.out_features
-        single_row = isinstance(x.shape[0], int) and x.shape[0] == 1
-
-        def compute(xt: te.Tensor, *arrays: te.Tensor):
-            named = dict(zip(suffixes, arrays))
-            element = lambda o, k: fmt.element(named, o, k)  # noqa: E731
-            return _gemv(xt, element, n_in, n_out) if single_row else _gemm(xt, element, n_in, n_out)
-
-        return nn.tensor_expr_op(compute, name, [x, *self._arrays()])
-
-    def rows(self, ids: nn.Tensor, name: str) -> nn.Tensor:
-        """Rows ``W[ids]`` as float32 ``[len(ids), in]`` (embedding lookup)."""
-        suffixes, fmt, n_in = self.suffixes, self.fmt, self.in_features
-
-        def compute(idt: te.Tensor, *arrays: te.Tensor):
-            named = dict(zip(suffixes, arrays))
-            return te.compute((idt.shape[0], n_in), lambda i, k: fmt.element(named, idt[i], k), name="take_rows")
-
-        return nn.tensor_expr_op(compute, name, [ids, *self._arrays()])
-
-
-def _gemv(x: te.Tensor, element, n_in: int, n_out: int) -> te.Tensor:
-    ko = te.reduce_axis((0, n_in // LANES), name="ko")
-    partial = te.compute(
-        (x.shape[0], n_out, LANES),
-        lambda i, o, lane: te.sum(x[i, ko * LANES + lane] * element(o, ko * LANES + lane), axis=ko),
-        name=PARTIAL_BLOCK,
-    )
-    lane = te.reduce_axis((0, LANES), name="lane")
-    return te.compute((x.shape[0], n_out), lambda i, o: te.sum(partial[i, o, lane], axis=lane), name=SUM_BLOCK)
-
-
-def _gemm(x: te.Tensor, element, n_in: int, n_out: int) -> te.Tensor:
-    rows = x.shape[0]
-    padded = (rows + ROW_TILE - 1) // ROW_TILE * ROW_TILE
-    zero = tirx.const(0, "float32")
-    x_pad = te.compute((padded, n_in), lambda i, k: tirx.if_then_else(i < rows, x[i, k], zero), name=PAD_BLOCK)
-    weight = te.compute((n_out, n_in), element, name=DEQUANT_BLOCK)
-    k = te.reduce_axis((0, n_in), name="k")
-    y_pad = te.compute((padded, n_out), lambda i, o: te.sum(x_pad[i, k] * weight[o, k], axis=k), name=GEMM_BLOCK)
-    return te.compute((rows, n_out), lambda i, o: y_pad[i, o], name=UNPAD_BLOCK)
 
 
 class Linear(nn.Module):
@@ -155,13 +81,17 @@ class DecoderLayer(nn.Module):
 class LlamaForCausalLM(nn.Module):
     """The exported model; its methods are the package's entry points (see ``spec``)."""
 
-    def __init__(self, cfg: LlamaConfig, quant: Quantization, target):
+    def __init__(self, cfg: LlamaConfig, quant: Quantization, target, tuned: bool = True):
+        """``tuned=False`` gives every matmul the plain form with no pdlink schedule (same answers,
+        slower: it exists to check that tuning changes nothing). See ``matmul_forms``."""
         self.cfg, self.target = cfg, target
-        self.embed_tokens = FormattedMatrix(cfg.vocab_size, cfg.hidden_size, quant.embedding_format)
-        self.layers = nn.ModuleList([DecoderLayer(cfg, quant.linear_format) for _ in range(cfg.num_hidden_layers)])
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        if not cfg.tie_word_embeddings:
-            self.lm_head = FormattedMatrix(cfg.vocab_size, cfg.hidden_size, quant.linear_format)
+        form = "plain" if not tuned else "cpu" if target.kind.name == "llvm" else "portable"
+        with matmul_forms(form):
+            self.embed_tokens = FormattedMatrix(cfg.vocab_size, cfg.hidden_size, quant.embedding_format)
+            self.layers = nn.ModuleList([DecoderLayer(cfg, quant.linear_format) for _ in range(cfg.num_hidden_layers)])
+            self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+            if not cfg.tie_word_embeddings:
+                self.lm_head = FormattedMatrix(cfg.vocab_size, cfg.hidden_size, quant.linear_format)
 
     def _head(self) -> FormattedMatrix:
         return self.embed_tokens if self.cfg.tie_word_embeddings else self.lm_head

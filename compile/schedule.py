@@ -4,9 +4,11 @@ GEMV (one row, decode)::
 
     for o_tile (parallel)                  # O_TILE output rows
       for o in o_tile
-        for ko                             # reduction, LANES elements at a time
-          for lane (vectorized)            # partial[lane] += x[k] * W(o, k), read from packed weights
-        final sum over lanes, then any fused elementwise epilogue
+        d[:], m[:] = f32(scales of row o)  # per-block parameters widened once per row (vector converts)
+        for g                              # width = GEMV_ACC_BLOCKS whole blocks of the row, in order
+          for acc (unrolled)               # independent accumulators (no chain of dependent FMAs)
+            for lane (vectorized)          # partial[c] += x[k] * W(o, k), c = acc * LANES + lane
+        out[o] = tree sum of partial[:]    # log2(width) levels of adds, then any fused epilogue
 
 GEMM (rows padded to a multiple of ROW_TILE: prefill, batches)::
 
@@ -27,7 +29,9 @@ from tvm.s_tir import dlight as dl
 LANES = 16
 PARTIAL_BLOCK = "matmul_nt_partial"
 SUM_BLOCK = "matmul_nt"
-O_TILE = 16
+BLOCK_PARAMS_BLOCK = "block_params_f32"
+O_TILE = 32
+GEMV_ACC_BLOCKS = 2
 PAD_BLOCK = "pad_rows"
 DEQUANT_BLOCK = "dequant_w"
 GEMM_BLOCK = "matmul_nt_gemm"
@@ -50,7 +54,8 @@ def schedule_matmul_nt(func: tirx.PrimFunc, target, _tunable: bool):
     sch = s_tir.Schedule(func)
     names = _block_names(sch)
     if PARTIAL_BLOCK in names and SUM_BLOCK in names:
-        _schedule_gemv(sch, [n for n in names if n not in (PARTIAL_BLOCK, SUM_BLOCK)])
+        at = names.index(PARTIAL_BLOCK)
+        _schedule_gemv(sch, [n for n in names[:at] if n.startswith(BLOCK_PARAMS_BLOCK)], names[at + 1 :])
         return sch
     if GEMM_BLOCK in names and DEQUANT_BLOCK in names:
         _schedule_gemm(sch, [n for n in names if n not in (PAD_BLOCK, DEQUANT_BLOCK, GEMM_BLOCK)])
@@ -58,18 +63,29 @@ def schedule_matmul_nt(func: tirx.PrimFunc, target, _tunable: bool):
     return None
 
 
-def _schedule_gemv(sch: s_tir.Schedule, epilogue: list[str]) -> None:
-    partial, final = sch.get_sblock(PARTIAL_BLOCK), sch.get_sblock(SUM_BLOCK)
-    i, o, lane, ko = sch.get_loops(partial)
+def _schedule_gemv(sch: s_tir.Schedule, producers: list[str], consumers: list[str]) -> None:
+    """``producers``: per-row block-parameter conversions; ``consumers``: the sum over lanes
+    (first), then any fused epilogue."""
+    total = sch.get_sblock(consumers[0])
+    _, o = sch.get_loops(total)
     o_outer, o_inner = sch.split(o, [None, O_TILE])
-    sch.reorder(o_outer, i, o_inner, ko, lane)
     sch.parallel(o_outer)
-    sch.reverse_compute_at(final, o_inner)
-    for name in epilogue:
+    for name in consumers[1:]:
         sch.reverse_compute_at(sch.get_sblock(name), o_inner)
+    partial = sch.get_sblock(PARTIAL_BLOCK)
+    sch.compute_at(partial, o_inner)
+    for name in producers:
+        block = sch.get_sblock(name)
+        sch.compute_at(block, o_inner)
+        sch.set_scope(block, 0, "local")
+        sch.vectorize(sch.get_loops(block)[-1])
     sch.set_scope(partial, 0, "local")
+    c, g = sch.get_loops(partial)[-2:]
+    acc, lane = sch.split(c, [None, LANES])
+    sch.reorder(g, acc, lane)
+    sch.unroll(acc)
     sch.vectorize(lane)
-    sch.decompose_reduction(partial, ko)
+    sch.decompose_reduction(partial, g)
 
 
 def _schedule_gemm(sch: s_tir.Schedule, epilogue: list[str]) -> None:

@@ -180,9 +180,10 @@ _DECODE = {
 
 def _nibble(q, o, k):
     """4-bit value of element ``k`` of row ``o`` (GGUF block order), as float32."""
-    byte = q[o, k // GROUP * (GROUP // 2) + k % (GROUP // 2)]
-    shift = (k % GROUP // (GROUP // 2) * 4).astype("uint8")
-    return ((byte >> shift) & np.uint8(15)).astype("float32")
+    # In int32: a GEMV reading both halves of a block widens each byte once, then masks and shifts.
+    byte = q[o, k // GROUP * (GROUP // 2) + k % (GROUP // 2)].astype("int32")
+    shift = k % GROUP // (GROUP // 2) * 4
+    return ((byte >> shift) & 15).astype("float32")
 
 
 def _element_dense(a, o, k):

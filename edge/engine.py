@@ -14,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pdlink.edge.package import ENTRY_POINTS, Manifest, PackageError, check_runnable_here, load_manifest
+from pdlink.edge.package import ENTRY_POINTS, MAX_BATCH_SIZE, Manifest, PackageError, check_runnable_here, load_manifest
+from pdlink.edge.params_file import ParamsFileError, load_params
 from pdlink.edge.tokenizer import Tokenizer
+from pdlink.edge.tvm_runtime import load_tvm
 
 
 SMALL_BATCH = 8  # this many rows or fewer run as single-row decodes (see prefill and batch_decode)
@@ -32,12 +34,20 @@ def default_num_threads() -> int:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """How to run a package. ``context_window`` defaults to the model's; ``num_threads`` to all cores."""
+    """How to run a package. ``context_window`` defaults to the model's; ``num_threads`` to all cores.
+
+    The KV cache holds ``context_window * max_num_sequences`` tokens: pass the context the
+    application needs (the model's 8k is rarely needed on a device) and raise
+    ``max_num_sequences`` only for forks or batches.
+    """
 
     package: str
     num_threads: int = 0
     context_window: int = 0
-    max_num_sequences: int = 4
+    max_num_sequences: int = 1
+    # Tokens per prefill call (0 = the package's maximum): working memory grows with it, speed
+    # hardly does past a few hundred tokens (llama.cpp's default micro-batch is 512 as well).
+    prefill_chunk_size: int = 512
     verify_hashes: bool = True
 
     def __post_init__(self):
@@ -45,8 +55,10 @@ class EngineConfig:
             raise ValueError("num_threads must be >= 0 (0 = all cores)")
         if self.context_window < 0:
             raise ValueError("context_window must be >= 0 (0 = the model's)")
-        if not 1 <= self.max_num_sequences <= 256:
-            raise ValueError("max_num_sequences must be between 1 and 256")
+        if self.prefill_chunk_size < 0:
+            raise ValueError("prefill_chunk_size must be >= 0 (0 = the package's maximum)")
+        if not 1 <= self.max_num_sequences <= MAX_BATCH_SIZE:
+            raise ValueError(f"max_num_sequences must be between 1 and {MAX_BATCH_SIZE}")
 
 
 def _configure_thread_pool(tvm, num_threads: int) -> None:
@@ -60,8 +72,8 @@ class Engine:
     """A loaded package: ``prefill``/``decode`` over sequences in one paged KV cache."""
 
     def __init__(self, cfg: EngineConfig):
-        import tvm
-        from tvm import relax
+        tvm = load_tvm()
+        from tvm.runtime.vm import VirtualMachine
 
         self.cfg = cfg
         root = Path(cfg.package)
@@ -71,13 +83,14 @@ class Engine:
         self.num_threads = cfg.num_threads or default_num_threads()
         _configure_thread_pool(tvm, self.num_threads)
         self._tvm, self._dev = tvm, tvm.cpu()
-        self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(root / self.manifest.library)), self._dev)
+        self.vm = VirtualMachine(tvm.runtime.load_module(str(root / self.manifest.library)), self._dev)
         self._check_entry_points()
         self.params = self._load_params(root)
         self.tokenizer = Tokenizer(root / self.manifest.tokenizer["file"], self.manifest.tokenizer)
         model_window = self.model_config.context_window_size
         self.context_window = min(cfg.context_window or model_window, model_window)
-        self.prefill_chunk_size = int(self.manifest.kv_cache["prefill_chunk_size"])
+        package_chunk = int(self.manifest.kv_cache["prefill_chunk_size"])
+        self.prefill_chunk_size = min(cfg.prefill_chunk_size or package_chunk, package_chunk)
         self._f = {name: self.vm[name] for name in ("prefill", "decode", "batch_decode", "batch_prefill")}
         self._kv_fn = {
             name: tvm.get_global_func(f"vm.builtin.kv_state_{name}")
@@ -104,13 +117,10 @@ class Engine:
                 raise PackageError(f"package library lacks entry point {name!r}") from exc
 
     def _load_params(self, root: Path) -> list:
-        from safetensors.numpy import load_file
-
-        arrays = load_file(str(root / self.manifest.params_file))
-        missing = [n for n in self.manifest.param_names if n not in arrays]
-        if missing:
-            raise PackageError(f"params file lacks {missing[:3]}; the package is corrupt")
-        return [self._tvm.runtime.tensor(arrays[n], self._dev) for n in self.manifest.param_names]
+        try:
+            return load_params(root / self.manifest.params_file, self.manifest.param_names, self._tvm, self._dev)
+        except ParamsFileError as exc:
+            raise PackageError(f"{exc}; the package is corrupt") from exc
 
     # ------------------------------------------------------------------ sequences
 

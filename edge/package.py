@@ -23,6 +23,8 @@ from pdlink.edge.model_config import LlamaConfig
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+# Most sequences in one batched call: libraries plan their buffers for it, the engine enforces it.
+MAX_BATCH_SIZE = 256
 
 # Entry points every package exports, as data: name -> ordered argument specs.
 ENTRY_POINTS: dict[str, list[dict]] = {

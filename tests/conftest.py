@@ -17,18 +17,24 @@ import pytest
 os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+# This process compiles packages: load the full TVM before any Engine loads the runtime alone.
+import tvm  # noqa: E402,F401
+
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "test-packages"
 MODEL = "smollm2-135m"
 
 
-def build_cached_package(quant: str, target: str = "host") -> Path:
+def build_cached_package(quant: str, target: str = "host", tuned: bool = True) -> Path:
     """Build (or reuse) a package of the default model; returns its directory."""
     from pdlink.compile.builder import CompileConfig, build_package, compiler_fingerprint
 
-    out = CACHE / f"{MODEL}-{quant}-{target}-{compiler_fingerprint()}"
+    kind = "" if tuned else "-untuned"
+    out = CACHE / f"{MODEL}-{quant}-{target}{kind}-{compiler_fingerprint()}"
     if not (out / "manifest.json").is_file():
-        build_package(CompileConfig(model=MODEL, target=target, quant=quant, output=str(out), show_progress=False))
+        build_package(
+            CompileConfig(model=MODEL, target=target, quant=quant, output=str(out), show_progress=False, tuned=tuned)
+        )
     return out
 
 
@@ -59,7 +65,7 @@ def q4f16_package() -> Path:
 def f32_engine(f32_package):
     from pdlink.edge.engine import Engine, EngineConfig
 
-    return Engine(EngineConfig(package=str(f32_package), num_threads=2))
+    return Engine(EngineConfig(package=str(f32_package), num_threads=2, max_num_sequences=4))
 
 
 @pytest.fixture(scope="session")
