@@ -100,6 +100,10 @@ def run_session_bench(cfg: SessionBenchConfig) -> dict:
 
 def _report(cfg: SessionBenchConfig, runs: dict, machine: dict, session) -> dict:
     pd_gaps = np.concatenate([np.array(r["pd"]["gaps_s"]) for r in runs.values()] or [np.zeros(1)])
+    by_origin = {"cloud": [], "device": []}  # gap before each shown pd token, by where that token came from
+    for r in runs.values():
+        for gap, origin in zip(r["pd"]["gaps_s"], r["pd"]["origins"][1:]):
+            by_origin[origin].append(gap)
     busy = {m: sum(r[m]["cloud_busy_s"] or 0.0 for r in runs.values()) for m in ("pd", "cloud")}
     two_k = runs["2048"]
     return {
@@ -107,6 +111,9 @@ def _report(cfg: SessionBenchConfig, runs: dict, machine: dict, session) -> dict
         "max_gap_s": float(pd_gaps.max()) if pd_gaps.size else 0.0,
         "p99_gap_s": float(np.percentile(pd_gaps, 99)) if pd_gaps.size else 0.0,
         "cloud_busy_ratio_pd_vs_cloud": busy["pd"] / busy["cloud"] if busy["cloud"] else None,
+        "max_gap_before_cloud_tokens_s": max(by_origin["cloud"], default=0.0),
+        "max_gap_before_device_tokens_s": max(by_origin["device"], default=0.0),
+        "device_decode_s_per_token_of_profile": session.profile.decode_s_per_token,
         "ttft_s": {length: {m: r[m]["ttft_s"] for m in MODES} for length, r in runs.items()},
         "ttft_reduction": {length: 1 - r["pd"]["ttft_s"] / r["device"]["ttft_s"] for length, r in runs.items()},
         "cloud_busy_s": {length: {m: r[m]["cloud_busy_s"] for m in ("pd", "cloud")} for length, r in runs.items()},

@@ -22,6 +22,9 @@ from dataclasses import dataclass
 from pdlink.edge.device_profile import DeviceProfile
 
 
+PACE_HEADROOM = 0.95  # show buffered tokens a little inside the gap bound: timers fire late by a ms or two
+
+
 @dataclass(frozen=True)
 class CloudEstimate:
     """What the device expects of the cloud for one request."""
@@ -59,7 +62,7 @@ def decide_settings(prompt_tokens: int, max_tokens: int, device: DeviceProfile, 
     device_ttft = device.prefill_time_s(L, 0)
     cloud_ttft = cloud.ttft_s(L)
     tau_d = device.decode_time_s(L)
-    pace = min(max_gap_s, tau_d)
+    pace = min(max_gap_s * PACE_HEADROOM, tau_d)
     predicted = {"device_ttft_s": device_ttft, "cloud_ttft_s": cloud_ttft, "device_decode_s": tau_d}
     if cloud_ttft >= device_ttft:
         return SessionSettings(False, 0, pace, chunk_size, reason="cloud_slow: its first token would come later "
@@ -100,4 +103,5 @@ def retuned_pace(settings: SessionSettings, first_token_s: float, buffered_targe
     if catch_up is None or buffered_target < 1:
         return settings.pace_s
     spread = (catch_up + tau_d - first_token_s) / buffered_target
-    return min(max_gap_s, max(min(tau_d, max_gap_s), spread))
+    cap = max_gap_s * PACE_HEADROOM
+    return min(cap, max(min(tau_d, cap), spread))

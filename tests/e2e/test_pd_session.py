@@ -68,17 +68,19 @@ def references(q4_1_package):
         session.close()
 
 
-NETWORKS = [NetworkEmulation(), NetworkEmulation(rtt_ms=60, jitter_ms=20, seed=1),
-            NetworkEmulation(rtt_ms=150, bandwidth_mbps=5, seed=2)]
+SLOWER_DEVICE = DeviceProfile(name="test-device-slower", prefill_tok_s=60.0, decode_s_per_token=0.04,
+                              prefill_halving_tokens=4000, source="test profile")
+EMULATIONS = [(NetworkEmulation(), TEST_DEVICE), (NetworkEmulation(rtt_ms=60, jitter_ms=20, seed=1), SLOWER_DEVICE),
+              (NetworkEmulation(rtt_ms=150, bandwidth_mbps=5, seed=2), TEST_DEVICE)]
 
 
 def test_pd_hand_over_is_lossless_on_ten_prompts(server, q4_1_package, references):
     url, handovers, stopped = server.url, 0, 0
-    for n, network in enumerate(NETWORKS):
-        session = make_session(q4_1_package, url, network=network)
+    for n, (network, profile) in enumerate(EMULATIONS):
+        session = make_session(q4_1_package, url, profile=profile, network=network)
         try:
             for i, prompt in enumerate(prompts()):
-                if i % len(NETWORKS) != n:
+                if i % len(EMULATIONS) != n:
                     continue
                 ref = references[prompt]
                 assert 200 <= ref.prompt_tokens <= 1500
