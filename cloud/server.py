@@ -147,8 +147,10 @@ class CloudServer:
 
     async def _handle(self, ws: WSConnection) -> None:
         cfg = self.cfg
+        info = self.backend.info
         conn = ServerConnection(cfg.limits(), cfg.auth_token, cfg.model_id, self.tokenizer.hash,
-                                self.backend.vocab_size)
+                                self.backend.vocab_size, server=f"pdlink-cloud ({info.get('backend')} on "
+                                f"{info.get('device')}, {info.get('threads')} threads)")
         session = _Session(next(self._ids), ws, conn)
         self._sessions[session.sid] = session
         self.metrics.connections.inc()

@@ -70,8 +70,10 @@ def build_result(run) -> SessionResult:
                 "final_pace_s": core.controller.tau_s, "chunk_size": run.settings.chunk_size,
                 "reason": run.settings.reason, "predicted": run.settings.predicted,
                 "max_gap_s": s.cfg.max_gap_s}
+    welcome = getattr(run.link.client, "welcome", None) if run.link is not None else None
     emulation = {"device": s.device.label(), "network": s.cfg.network.label(),
                  "threads": {"device_engine": s.engine.num_threads},
+                 "cloud_server": welcome.server if welcome is not None else None,
                  "note": "emulated device: real engine work, then a wait to the profile's time"
                  if s.device.profile is not None else "this machine's own speed"}
     return SessionResult(
