@@ -38,6 +38,18 @@ class ChatSession:
         self.engine.remove_sequence(self._seq)
 
 
+def user_lines(prompt: str = "> ") -> Iterator[str]:
+    """Lines the user types, stripped, until an empty line or end of input."""
+    while True:
+        try:
+            line = input(prompt).strip()
+        except EOFError:
+            return
+        if not line:
+            return
+        yield line
+
+
 def common_prefix_length(a: list[int], b: list[int]) -> int:
     """How many leading tokens two id lists share."""
     n = 0

@@ -64,17 +64,13 @@ def generate_with_session(args, prompt: str, sampling) -> int:
 
 def chat_with_session(args, sampling) -> int:
     """``pdlink chat --cloud URL``: each turn is a pd request over the whole conversation."""
+    from pdlink.edge.chat import user_lines
+
     session = build_session(args)
     messages = [{"role": "system", "content": args.system}] if args.system else []
     print("pdlink chat (pd mode) -- empty line or Ctrl-D to quit", file=sys.stderr)
     try:
-        while True:
-            try:
-                line = input("> ").strip()
-            except EOFError:
-                break
-            if not line:
-                break
+        for line in user_lines():
             messages.append({"role": "user", "content": line})
             ids = session.tokenizer.encode(session.tokenizer.apply_chat_template(messages))
             _last_origin.clear()

@@ -147,7 +147,7 @@ def _add_chat(sub) -> None:
 
 
 def _cmd_chat(args) -> int:
-    from pdlink.edge.chat import ChatSession
+    from pdlink.edge.chat import ChatSession, user_lines
     from pdlink.edge.engine import Engine, EngineConfig
     from pdlink.edge.generator import GenerationConfig
     from pdlink.edge.sampler import SamplingParams
@@ -160,13 +160,7 @@ def _cmd_chat(args) -> int:
     engine = Engine(EngineConfig(package=args.package, num_threads=args.threads, max_num_sequences=1))
     chat = ChatSession(engine, GenerationConfig(max_tokens=args.max_tokens, sampling=sampling), args.system)
     print("pdlink chat — empty line or Ctrl-D to quit", file=sys.stderr)
-    while True:
-        try:
-            line = input("> ").strip()
-        except EOFError:
-            break
-        if not line:
-            break
+    for line in user_lines():
         for event in chat.ask(line):
             print(event.text, end="", flush=True)
         print(chat.tail_text)
