@@ -104,18 +104,21 @@ def test_pd_hand_over_is_lossless_on_ten_prompts(server, q4_1_package, reference
     assert handovers >= 5, "the device should take over on most prompts"
 
 
-def busy_cloud(url: str, stop: threading.Event) -> threading.Thread:
-    """Another client keeps the cloud decoding a long answer, so it streams our tokens more slowly."""
+def busy_cloud(url: str, stop: threading.Event, streams: int = 3) -> threading.Thread:
+    """Other clients keep the cloud decoding long answers, so it streams our tokens more slowly."""
     from pdlink.cloud.client import CloudClient
+
+    async def one(client):
+        while not stop.is_set():
+            stream = await client.prefill(prompt_text="Tell me a long story.", max_leading_tokens=250)
+            async for _ in stream:
+                if stop.is_set():
+                    await stream.cancel()
+                    break
 
     async def load():
         async with await CloudClient.connect(url) as client:
-            while not stop.is_set():
-                stream = await client.prefill(prompt_text="Tell me a long story.", max_leading_tokens=250)
-                async for _ in stream:
-                    if stop.is_set():
-                        await stream.cancel()
-                        break
+            await asyncio.gather(*(one(client) for _ in range(streams)))
 
     thread = threading.Thread(target=lambda: asyncio.run(asyncio.wait_for(load(), 300)), daemon=True)
     thread.start()
