@@ -139,13 +139,9 @@ async def _generate(args, url: str) -> dict:
 
 def _package_tokenizer(package: str):
     from pdlink.edge.package import load_manifest
-    from pdlink.edge.tokenizer import Tokenizer
+    from pdlink.edge.tokenizer import Tokenizer, end_of_turn_ids
 
     root = Path(package)
     manifest = load_manifest(root, verify_hashes=False)
     tok = Tokenizer(root / manifest.tokenizer["file"], manifest.tokenizer)
-    eos = set(manifest.config.eos_token_ids)
-    eos_id = tok.token_id(tok.info.get("eos_token") or "")
-    if eos_id is not None:
-        eos.add(eos_id)
-    return tok, sorted(eos)
+    return tok, sorted(end_of_turn_ids(manifest.config.eos_token_ids, tok))

@@ -20,6 +20,7 @@ class PackageBackend(Backend):
                  context_window: int = 0):
         from pdlink.edge.engine import Engine, EngineConfig
         from pdlink.edge.package import PackageError
+        from pdlink.edge.tokenizer import end_of_turn_ids
 
         if not 1 <= max_sequences <= 256:
             raise BackendError("max_sequences must be in 1..256 for a compiled package")
@@ -34,8 +35,7 @@ class PackageBackend(Backend):
         self.model_id, self.tokenizer, self.max_sequences = model_id, engine.tokenizer, max_sequences
         self.vocab_size = engine.model_config.vocab_size
         self.context_window = engine.context_window
-        eos = self.tokenizer.token_id(self.tokenizer.info.get("eos_token") or "")
-        self.eos_token_ids = tuple(sorted(set(engine.model_config.eos_token_ids) | ({eos} if eos is not None else set())))
+        self.eos_token_ids = tuple(sorted(end_of_turn_ids(engine.model_config.eos_token_ids, self.tokenizer)))
         self.info = {"backend": "package", "device": "cpu", "threads": engine.num_threads, "package": str(package),
                      "quantization": engine.manifest.quantization, "target": engine.manifest.target.preset}
 

@@ -8,7 +8,7 @@ from typing import Iterator
 
 from pdlink.edge.engine import Engine
 from pdlink.edge.sampler import Sampler, SamplingParams
-from pdlink.edge.tokenizer import StreamingDetokenizer
+from pdlink.edge.tokenizer import StreamingDetokenizer, end_of_turn_ids
 
 
 @dataclass(frozen=True)
@@ -55,13 +55,12 @@ class Generation:
         """``seq_id``: continue an existing sequence (``prompt_ids`` are appended to it and the
         sequence is kept afterwards); by default a fresh sequence is made and freed."""
         self.engine, self.prompt_ids, self.cfg, self.seq_id = engine, list(prompt_ids), cfg, seq_id
-        stops = cfg.stop_token_ids
-        self._stop_ids = set(engine.model_config.eos_token_ids if stops is None else stops)
         if cfg.ignore_eos:
-            self._stop_ids = set()
-        eos = engine.tokenizer.token_id(engine.tokenizer.info.get("eos_token") or "")
-        if eos is not None and not cfg.ignore_eos and stops is None:
-            self._stop_ids.add(eos)
+            self._stop_ids: set[int] = set()
+        elif cfg.stop_token_ids is not None:
+            self._stop_ids = set(cfg.stop_token_ids)
+        else:
+            self._stop_ids = end_of_turn_ids(engine.model_config.eos_token_ids, engine.tokenizer)
         self.result: GenerationResult | None = None
 
     def __iter__(self) -> Iterator[TokenEvent]:

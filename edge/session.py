@@ -31,7 +31,7 @@ from pdlink.edge.session_settings import (
     CloudEstimate, SessionSettings, cloud_tokens_needed, decide_settings, retuned_pace, with_margin,
 )
 from pdlink.edge.timeline import Timeline
-from pdlink.edge.tokenizer import StreamingDetokenizer
+from pdlink.edge.tokenizer import StreamingDetokenizer, end_of_turn_ids
 
 MODES = ("pd", "device", "cloud")
 
@@ -84,7 +84,7 @@ class Session:
         self.device = EmulatedDevice(self.engine, emulated)
         self._profile = emulated or profile
         self.tokenizer = self.engine.tokenizer
-        self.stop_ids = _stop_ids(self.engine)
+        self.stop_ids = end_of_turn_ids(self.engine.model_config.eos_token_ids, self.engine.tokenizer)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pdlink-engine")
         self.last: SessionResult | None = None
 
@@ -304,14 +304,6 @@ class _Run:
         if self.link is not None:
             await asyncio.sleep(0)  # let a queued stop/cancel leave first
             await self.link.wait_done(self.s.cfg.done_wait_s)
-
-
-def _stop_ids(engine) -> set[int]:
-    ids = set(engine.model_config.eos_token_ids)
-    eos = engine.tokenizer.token_id(engine.tokenizer.info.get("eos_token") or "")
-    if eos is not None:
-        ids.add(eos)
-    return ids
 
 
 def _stored_or_measured_profile(engine) -> DeviceProfile:

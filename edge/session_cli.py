@@ -43,10 +43,12 @@ def generate_with_session(args, prompt: str, sampling) -> int:
     """``pdlink generate`` on a package in any mode; prints text (or ``--json``)."""
     session = build_session(args)
     try:
+        previous = None
         for tok in session.generate(prompt, mode=args.mode, max_tokens=args.max_tokens, sampling=sampling,
                                     raw=args.raw):
             if not args.json:
-                print(_marked(tok, getattr(args, "show_origin", False)), end="", flush=True)
+                print(_marked(tok, getattr(args, "show_origin", False), previous), end="", flush=True)
+            previous = tok.origin
         result = session.last
     finally:
         session.close()
@@ -73,9 +75,10 @@ def chat_with_session(args, sampling) -> int:
         for line in user_lines():
             messages.append({"role": "user", "content": line})
             ids = session.tokenizer.encode(session.tokenizer.apply_chat_template(messages))
-            _last_origin.clear()
+            previous = None
             for tok in session.generate(ids, mode="pd", max_tokens=args.max_tokens, sampling=sampling):
-                print(_marked(tok, args.show_origin), end="", flush=True)
+                print(_marked(tok, args.show_origin, previous), end="", flush=True)
+                previous = tok.origin
             print()
             print(_summary(session.last), file=sys.stderr)
             messages.append({"role": "assistant", "content": session.last.text})
@@ -84,17 +87,11 @@ def chat_with_session(args, sampling) -> int:
     return 0
 
 
-_last_origin: list[str] = []
-
-
-def _marked(tok, show_origin: bool) -> str:
-    if not show_origin:
+def _marked(tok, show_origin: bool, previous_origin: str | None) -> str:
+    """The token's text, preceded by ``[origin]`` where the origin changes (when asked)."""
+    if not show_origin or tok.origin == previous_origin:
         return tok.text
-    mark = ""
-    if not _last_origin or _last_origin[-1] != tok.origin:
-        mark = f"[{tok.origin}]"
-        _last_origin.append(tok.origin)
-    return mark + tok.text
+    return f"[{tok.origin}]{tok.text}"
 
 
 def _title(result) -> str:

@@ -87,7 +87,7 @@ def cloud_tokens_needed(prompt_tokens: int, device: DeviceProfile, cloud_ttft_s:
         if j >= max_tokens or cloud_ttft_s + j * pace_s >= prompt_s + device.prefill_time_s(j, L) + tau_d:
             break
         j += max(1, j // 50)
-    return min(j, max_tokens) if j >= max_tokens else j, "closed form"
+    return min(j, max_tokens), "closed form"
 
 
 def with_margin(j: int, margin: float = 0.15) -> int:

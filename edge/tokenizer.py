@@ -84,3 +84,12 @@ class StreamingDetokenizer:
         full = self._tok.decode(self._ids[self._prefix_offset :], self._skip)
         self._prefix_offset = self._read_offset = len(self._ids)
         return full[len(prefix) :]
+
+
+def end_of_turn_ids(model_eos_ids, tokenizer: Tokenizer) -> set[int]:
+    """The tokens that end an answer: the model config's EOS ids plus the tokenizer's ``eos_token``."""
+    ids = {int(t) for t in model_eos_ids}
+    eos = tokenizer.token_id(tokenizer.info.get("eos_token") or "")
+    if eos is not None:
+        ids.add(eos)
+    return ids
