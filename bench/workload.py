@@ -21,3 +21,27 @@ def prompt_of_length(tokenizer_encode, num_tokens: int) -> list[int]:
     if len(ids) < num_tokens:
         raise ValueError(f"real text too short for {num_tokens} tokens")
     return ids[:num_tokens]
+
+
+PLANTED_FACT = "The access code for the archive room is 7305."
+PLANTED_QUESTION = "What is the access code for the archive room?"
+PLANTED_ANSWER = "7305"
+
+
+def planted_fact_text(num_chars: int, depth: float = 0.5) -> str:
+    """Real text of about ``num_chars`` characters with :data:`PLANTED_FACT` put in at ``depth`` (0..1,
+    at a sentence end) and :data:`PLANTED_QUESTION` at the end: a retrieval check for prompt refinement."""
+    if not 0.0 <= depth <= 1.0:
+        raise ValueError("depth must be in [0, 1]")
+    body = real_text(num_chars)[:num_chars]
+    cut = body.rfind(". ", 0, int(len(body) * depth)) + 1
+    return f"{body[:cut]} {PLANTED_FACT}{body[cut:]}\n\n{PLANTED_QUESTION}"
+
+
+def fact_positions(ids: list[int], fact_ids: list[int]) -> range:
+    """Where the planted fact's tokens (``fact_ids``, tokenized with a leading space) sit in ``ids``."""
+    core = fact_ids[1:]  # the first token may merge with the text before it
+    for start in range(len(ids) - len(core) + 1):
+        if ids[start:start + len(core)] == core:
+            return range(start, start + len(core))
+    raise ValueError("the planted fact is not in the prompt")

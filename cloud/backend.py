@@ -60,6 +60,17 @@ class Backend(ABC):
         """Append one token to each of several distinct sequences in one batched step; logits ``[n, vocab]``
         in the order of ``seq_ids``. Raises ``ValueError`` as ``prefill`` does."""
 
+    supports_refinement: bool = False  # True: ``track_attention`` and ``prompt_importance`` work
+
+    def track_attention(self, seq_id: int, window: int) -> None:
+        """Keep what ``prompt_importance`` needs for ``seq_id`` (call before its prefill). Backends that
+        cannot score prompts (``supports_refinement`` False) raise ``BackendError``."""
+        raise BackendError(f"the {self.info.get('backend', type(self).__name__)} backend does not score prompts")
+
+    def prompt_importance(self, seq_id: int) -> np.ndarray:
+        """Per cached position of ``seq_id``: the attention mass the last tracked window puts on it."""
+        raise BackendError(f"the {self.info.get('backend', type(self).__name__)} backend does not score prompts")
+
     @property
     @abstractmethod
     def num_sequences(self) -> int:

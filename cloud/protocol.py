@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import hmac
 from dataclasses import dataclass
-from typing import Callable, Union
+from typing import Callable, Sequence, Union
 
 from .protocol_messages import (
     DEFAULT_MAX_MESSAGE_BYTES, DONE_REASONS, MAX_REQUEST_ID_CHARS, PROTOCOL_VERSION, REJECT_REASONS,
@@ -181,10 +181,10 @@ class ServerConnection(_Connection):
 
     def __init__(self, limits: Limits, expected_auth_token: str | None, model_id: str, tokenizer_hash: str,
                  vocab_size: int, *, server: str = "pdlink-cloud",
-                 count_text_tokens: Callable[[str], int] | None = None):
+                 count_text_tokens: Callable[[str], int] | None = None, features: Sequence[str] = ()):
         super().__init__(ConnectionState.HANDSHAKE)
         self.limits, self.model_id, self.tokenizer_hash, self.vocab_size = limits, model_id, tokenizer_hash, vocab_size
-        self.server, self.count_text_tokens = server, count_text_tokens
+        self.server, self.count_text_tokens, self.features = server, count_text_tokens, list(features)
         self._auth = None if expected_auth_token is None else expected_auth_token.encode("utf-8", "surrogatepass")
         self.hello: Hello | None = None
         self.tokenizer_match = True
@@ -319,7 +319,7 @@ class ServerConnection(_Connection):
             return self._violation("model_mismatch", f"this server serves {self.model_id!r}", fatal=True)
         self.hello, self.state = hello, ConnectionState.OPEN
         self._send(Welcome(protocol_version=hello.protocol_version, server=self.server, model_id=self.model_id,
-                           tokenizer_hash=self.tokenizer_hash, limits=self.limits))
+                           tokenizer_hash=self.tokenizer_hash, limits=self.limits, features=self.features))
         self.tokenizer_match = hello.tokenizer_hash == self.tokenizer_hash
         if not self.tokenizer_match:
             self.send_error("tokenizer_mismatch", "the client's tokenizer differs from the server's, so token ids "

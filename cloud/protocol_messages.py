@@ -193,6 +193,7 @@ class Welcome(Message, tag="welcome"):
     model_id: str
     tokenizer_hash: str
     limits: Limits = msgspec.field(default_factory=Limits)
+    features: list[str] = []  # optional capabilities; "refine": answers ``prefill.refine`` with a refined_prompt
 
 
 class Accepted(Message, tag="accepted"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 from typing import Hashable, Sequence
 
+from pdlink.cloud.refinement import RefineSpec
 from pdlink.edge.sampler import Sampler, SamplingParams
 
 
@@ -56,10 +57,12 @@ class Request:
     """
 
     __slots__ = ("key", "_prompt", "max_tokens", "stop_token_ids", "sampler", "arrival_s", "_status",
-                 "num_computed_tokens", "_output", "stop_after", "seq_id", "busy_s", "first_token_s", "finish_s")
+                 "num_computed_tokens", "_output", "stop_after", "seq_id", "busy_s", "first_token_s", "finish_s",
+                 "refine")
 
     def __init__(self, key: Hashable, prompt_token_ids: Sequence[int], max_tokens: int,
-                 sampling: SamplingParams | None = None, stop_token_ids: Sequence[int] = (), arrival_s: float = 0.0):
+                 sampling: SamplingParams | None = None, stop_token_ids: Sequence[int] = (), arrival_s: float = 0.0,
+                 refine: RefineSpec | None = None):
         if not prompt_token_ids:
             raise ValueError("the prompt is empty")
         if max_tokens < 1:
@@ -78,6 +81,7 @@ class Request:
         self.busy_s = 0.0  # this request's share of the backend time
         self.first_token_s: float | None = None
         self.finish_s: float | None = None
+        self.refine = refine  # score the prompt when its prefill ends, and say which tokens to keep
 
     @property
     def status(self) -> RequestStatus:

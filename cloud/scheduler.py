@@ -22,6 +22,7 @@ from typing import Callable, Hashable
 import numpy as np
 
 from pdlink.cloud.backend import Backend
+from pdlink.cloud.refinement import select_kept_indices
 from pdlink.cloud.request import Request, RequestStatus
 
 _R = RequestStatus
@@ -69,6 +70,15 @@ class FinishedOutput:
     busy_s: float
 
 
+@dataclass(frozen=True, slots=True)
+class RefinedOutput:
+    """A request's prompt was scored: the device may prefill only ``kept_indices`` (prompt positions)."""
+
+    key: Hashable
+    kept_indices: list[int]
+    keep_ratio: float
+
+
 @dataclass(slots=True)
 class StepPlan:
     """What one step computes: prompt chunks ``(request, start, end)`` and the decoding requests."""
@@ -79,12 +89,14 @@ class StepPlan:
 
 @dataclass(slots=True)
 class StepResult:
-    """Logits of a step and how long each half took."""
+    """Logits of a step, the kept prompt positions of requests whose prompt ended (by sequence id), and
+    how long each half took (scoring counts as prefill)."""
 
     prefill_logits: dict[int, np.ndarray]
     decode_logits: np.ndarray | None
     prefill_s: float
     decode_s: float
+    kept_indices: dict[int, list[int]] = field(default_factory=dict)
 
 
 class Scheduler:
@@ -184,7 +196,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ stepping
 
-    def step(self) -> list[TokenOutput | FinishedOutput]:
+    def step(self) -> list[TokenOutput | FinishedOutput | RefinedOutput]:
         """``schedule`` + ``execute`` + ``update`` in one call (single-threaded use)."""
         plan = self.schedule()
         if plan is None:
@@ -207,6 +219,8 @@ class Scheduler:
                     continue  # waits for a free sequence; requests behind it that hold one go on
                 req.seq_id = self.backend.add_sequence()
                 req._move(_R.PREFILLING)
+                if self._refines(req):
+                    self.backend.track_attention(req.seq_id, req.refine.window)
             n = min(req.remaining_prefill, self.cfg.prefill_chunk_tokens, budget)
             plan.prefill.append((req, req.num_computed_tokens, req.num_computed_tokens + n))
             budget -= n
@@ -222,12 +236,14 @@ class Scheduler:
         t0 = self.clock()
         prefill = self.backend.prefill({r.seq_id: r.prompt_token_ids[a:b] for r, a, b in plan.prefill}) \
             if plan.prefill else {}
+        kept = {r.seq_id: select_kept_indices(self.backend.prompt_importance(r.seq_id), r.refine)
+                for r, _, b in plan.prefill if b == r.num_prompt_tokens and self._refines(r)}
         t1 = self.clock()
         decode = self.backend.decode([r.seq_id for r in plan.decode],
                                      [r.output_token_ids[-1] for r in plan.decode]) if plan.decode else None
-        return StepResult(prefill, decode, t1 - t0, self.clock() - t1)
+        return StepResult(prefill, decode, t1 - t0, self.clock() - t1, kept)
 
-    def update(self, plan: StepPlan, result: StepResult) -> list[TokenOutput | FinishedOutput]:
+    def update(self, plan: StepPlan, result: StepResult) -> list[TokenOutput | FinishedOutput | RefinedOutput]:
         """Account a computed step: advance counters, sample tokens, end finished requests, free them."""
         now, outputs = self.clock(), []
         self.steps += 1
@@ -246,6 +262,8 @@ class Scheduler:
             req.num_computed_tokens = b
             if req.remaining_prefill == 0:
                 self._prefill_queue.remove(req)
+                if req.seq_id in result.kept_indices:
+                    outputs.append(RefinedOutput(req.key, result.kept_indices[req.seq_id], req.refine.keep_ratio))
                 self._emit(req, result.prefill_logits[req.seq_id], now, outputs, first=True)
         for i, req in enumerate(plan.decode):
             req.busy_s += result.decode_s / len(plan.decode)
@@ -267,6 +285,9 @@ class Scheduler:
         return outputs
 
     # ------------------------------------------------------------------ internals
+
+    def _refines(self, req: Request) -> bool:
+        return req.refine is not None and self.backend.supports_refinement
 
     def _emit(self, req: Request, logits: np.ndarray, now: float, outputs: list, first: bool) -> None:
         token = req.sampler.sample(logits)

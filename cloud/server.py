@@ -29,7 +29,8 @@ from pdlink.cloud.protocol import (
     ServerConnection, Stop,
 )
 from pdlink.cloud.request import Request
-from pdlink.cloud.scheduler import FinishedOutput, Scheduler, TokenOutput
+from pdlink.cloud.refinement import DEFAULT_WINDOW, RefineSpec
+from pdlink.cloud.scheduler import FinishedOutput, RefinedOutput, Scheduler, TokenOutput
 from pdlink.cloud.worker import ModelWorker
 from pdlink.edge.sampler import SamplingParams
 from pdlink.edge.tokenizer import StreamingDetokenizer
@@ -150,7 +151,8 @@ class CloudServer:
         info = self.backend.info
         conn = ServerConnection(cfg.limits(), cfg.auth_token, cfg.model_id, self.tokenizer.hash,
                                 self.backend.vocab_size, server=f"pdlink-cloud ({info.get('backend')} on "
-                                f"{info.get('device')}, {info.get('threads')} threads)")
+                                f"{info.get('device')}, {info.get('threads')} threads)",
+                                features=["refine"] if self.backend.supports_refinement else [])
         session = _Session(next(self._ids), ws, conn)
         self._sessions[session.sid] = session
         self.metrics.connections.inc()
@@ -247,7 +249,7 @@ class CloudServer:
         s = msg.sampling
         request = Request((session.sid, rid), ids, msg.max_leading_tokens,
                           SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, seed=s.seed),
-                          sorted(stop_ids), arrival_s=time.perf_counter())
+                          sorted(stop_ids), arrival_s=time.perf_counter(), refine=self._refine_spec(msg))
         try:
             self.worker.submit(request)
         except ValueError as exc:
@@ -256,6 +258,13 @@ class CloudServer:
         session.conn.accept(rid, queue_position=max(0, self.scheduler.num_queued - 1),
                             estimated_ttft_s=round(estimate, 4), prompt_tokens=len(ids))
         self.metrics.prompt_tokens.inc(len(ids))
+
+    def _refine_spec(self, msg: PrefillRequest) -> RefineSpec | None:
+        """What to score for a request that asked for ``refine`` (None: not asked, or this backend cannot)."""
+        opts = msg.refine
+        if opts is None or not opts.enabled or not self.backend.supports_refinement:
+            return None
+        return RefineSpec(keep_ratio=opts.keep_ratio, window=opts.window or DEFAULT_WINDOW)
 
     def _reject(self, session: _Session, rid: str, reason: str, message: str, retry: float | None = None) -> None:
         if session.conn.reject(rid, reason, message, retry):
@@ -276,6 +285,10 @@ class CloudServer:
             if stream is None:
                 continue  # cancelled, stopped or disconnected already
             conn, req = session.conn, stream.request
+            if isinstance(out, RefinedOutput):
+                conn.send_refined_prompt(rid, out.kept_indices, out.keep_ratio)
+                touched[sid] = session
+                continue
             if isinstance(out, TokenOutput):
                 text = stream.detok.add(out.token_id)
                 if out.index + 1 >= req.token_limit or out.token_id in req.stop_token_ids:

@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from pdlink.cloud.attention_scorer import AttentionScorer
 from pdlink.cloud.backend import Backend, BackendError
 from pdlink.edge.tokenizer import Tokenizer
 
@@ -90,7 +91,9 @@ class _DecodeBatch:
 
 
 class TorchBackend(Backend):
-    """A transformers causal LM (float32) behind the :class:`Backend` interface."""
+    """A transformers causal LM (float32) behind the :class:`Backend` interface; scores prompts for refinement."""
+
+    supports_refinement = True
 
     def __init__(self, model: str, *, model_id: str, device: str = "cpu", threads: int = 0, max_sequences: int = 16,
                  context_window: int = 0):
@@ -121,6 +124,7 @@ class TorchBackend(Backend):
         self.info = {"backend": "torch", "device": device, "threads": torch.get_num_threads(),
                      "torch": torch.__version__, "model": str(model), "dtype": "float32",
                      "attn_implementation": getattr(net.config, "_attn_implementation", None)}
+        self._scorer = AttentionScorer(self.model, torch)
         self._seqs: dict[int, _Seq] = {}
         self._batch: _DecodeBatch | None = None
         self._next_id = 0
@@ -140,6 +144,7 @@ class TorchBackend(Backend):
 
     def free_sequence(self, seq_id: int) -> None:
         del self._seqs[seq_id]  # KeyError for an unknown id, as documented
+        self._scorer.forget(seq_id)
         # The row stays in the batch cache until the next regroup, unless no row is left alive.
         if self._batch is not None and not any(s in self._seqs for s in self._batch.rows):
             self._batch = None
@@ -147,6 +152,17 @@ class TorchBackend(Backend):
     def sequence_length(self, seq_id: int) -> int:
         """Tokens of the sequence already in its KV cache."""
         return self._seqs[seq_id].length
+
+    def track_attention(self, seq_id: int, window: int) -> None:
+        if self._seqs[seq_id].length:
+            raise ValueError(f"sequence {seq_id} is prefilled already: track it before its first chunk")
+        self._scorer.track(seq_id, window)
+
+    def prompt_importance(self, seq_id: int) -> np.ndarray:
+        seq = self._seqs[seq_id]
+        if seq.cache is None:
+            raise ValueError(f"sequence {seq_id} has no cache of its own (score it before decoding)")
+        return self._scorer.scores(seq_id, seq.cache, seq.length)
 
     def _check(self, seq_id: int, token_ids: Sequence[int]) -> list[int]:
         seq = self._seqs[seq_id]
@@ -176,9 +192,10 @@ class TorchBackend(Backend):
                 if seq.cache is None:
                     seq.cache = DynamicCache()
                 positions = torch.arange(seq.length, seq.length + len(ids), device=self.device)
-                result = self.model(input_ids=torch.tensor([ids], device=self.device), position_ids=positions[None],
-                                    cache_position=positions, past_key_values=seq.cache, use_cache=True,
-                                    logits_to_keep=1)
+                with self._scorer.capturing(seq_id):
+                    result = self.model(input_ids=torch.tensor([ids], device=self.device),
+                                        position_ids=positions[None], cache_position=positions,
+                                        past_key_values=seq.cache, use_cache=True, logits_to_keep=1)
                 seq.length += len(ids)
                 out[seq_id] = result.logits[0, -1].float().cpu().numpy()
         return out

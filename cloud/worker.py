@@ -13,11 +13,11 @@ import threading
 from typing import Callable, Hashable
 
 from pdlink.cloud.request import Request
-from pdlink.cloud.scheduler import FinishedOutput, Scheduler, TokenOutput
+from pdlink.cloud.scheduler import FinishedOutput, RefinedOutput, Scheduler, TokenOutput
 
 log = logging.getLogger(__name__)
 
-Outputs = list[TokenOutput | FinishedOutput]
+Outputs = list[TokenOutput | FinishedOutput | RefinedOutput]
 
 
 class ModelWorker:

@@ -48,9 +48,11 @@ class CloudLink:
         self.connect_s: float | None = None
         self.done = None  # the cloud's Done, once it arrived
 
-    def start(self, *, prompt_token_ids: list[int], k: int, sampling, stop_token_ids: list[int]) -> None:
-        """Connect and send the request in the background."""
-        self._tasks = [asyncio.create_task(self._run(prompt_token_ids, k, sampling, stop_token_ids)),
+    def start(self, *, prompt_token_ids: list[int], k: int, sampling, stop_token_ids: list[int],
+              refine_keep_ratio: float = 0.0) -> None:
+        """Connect and send the request in the background; ``refine_keep_ratio > 0`` asks for a refined prompt."""
+        self._tasks = [asyncio.create_task(self._run(prompt_token_ids, k, sampling, stop_token_ids,
+                                                     refine_keep_ratio)),
                        asyncio.create_task(self._courier())]
 
     async def stop(self, after_index: int) -> None:
@@ -83,10 +85,10 @@ class CloudLink:
 
     # ------------------------------------------------------------------ internals
 
-    async def _run(self, prompt_ids, k, sampling, stop_ids) -> None:
+    async def _run(self, prompt_ids, k, sampling, stop_ids, refine_keep_ratio) -> None:
         from pdlink.cloud.client import CloudClient, CloudError
         from pdlink.cloud.generation import client_ssl_context
-        from pdlink.cloud.protocol import Done, LocalProtocolError, Rejected, SamplingParams
+        from pdlink.cloud.protocol import Done, LocalProtocolError, RefineOptions, Rejected, SamplingParams
 
         t0 = time.perf_counter()
         try:
@@ -102,8 +104,9 @@ class CloudLink:
             await self._wait_uplink(8 * len(prompt_ids) + 200)
             cloud_sampling = SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
                                             top_k=sampling.top_k, seed=sampling.seed)
+            refine = RefineOptions(keep_ratio=refine_keep_ratio) if refine_keep_ratio > 0 else None
             self.stream = await self.client.prefill(prompt_token_ids=prompt_ids, max_leading_tokens=k,
-                                                    sampling=cloud_sampling, stop_token_ids=stop_ids)
+                                                    sampling=cloud_sampling, stop_token_ids=stop_ids, refine=refine)
             async for event in self.stream:
                 if isinstance(event, Done):
                     self.done = event

@@ -28,7 +28,7 @@ from pdlink.edge.sampler import Sampler, SamplingParams
 from pdlink.edge.session_core import SessionCore, SessionState
 from pdlink.edge.session_result import SessionResult, build_result
 from pdlink.edge.session_settings import (
-    CloudEstimate, SessionSettings, cloud_tokens_needed, decide_settings, retuned_pace, with_margin,
+    REFINE_MODES, CloudEstimate, SessionSettings, cloud_tokens_needed, decide_settings, retuned_pace, with_margin,
 )
 from pdlink.edge.timeline import Timeline
 from pdlink.edge.tokenizer import StreamingDetokenizer, end_of_turn_ids
@@ -50,12 +50,18 @@ class SessionConfig:
     chunk_size: int = 512
     cloud_estimate: CloudEstimate = field(default_factory=CloudEstimate)
     done_wait_s: float = 5.0  # how long to wait for the cloud's final report after the answer
+    refine: str = "off"  # prompt refinement in pd mode: "off" (lossless), "auto" (when it pays), "on"
+    refine_keep_ratio: float = 0.5  # share of the prompt a refined prompt keeps
 
     def __post_init__(self):
         if isinstance(self.device_profile, str):
             named_profile(self.device_profile)  # raises with the list of names
         if self.max_gap_s <= 0 or self.chunk_size < 1 or self.done_wait_s < 0:
             raise ValueError("max_gap_s must be > 0, chunk_size >= 1 and done_wait_s >= 0")
+        if self.refine not in REFINE_MODES:
+            raise ValueError(f"refine must be one of {REFINE_MODES}, got {self.refine!r}")
+        if not 0.0 < self.refine_keep_ratio <= 1.0:
+            raise ValueError(f"refine_keep_ratio must be in (0, 1], got {self.refine_keep_ratio}")
 
 
 @dataclass(frozen=True)
@@ -126,11 +132,12 @@ class Session:
 
     async def agenerate(self, prompt: str | list[int], *, mode: str = "pd", max_tokens: int = 128,
                         sampling: SamplingParams | None = None, raw: bool = False, k: int | None = None,
-                        pace_s: float | None = None, chunk_size: int | None = None) -> AsyncIterator[SessionToken]:
+                        pace_s: float | None = None, chunk_size: int | None = None,
+                        refine: str | None = None) -> AsyncIterator[SessionToken]:
         """Stream the answer as an async iterator; the full record is in ``self.last`` afterwards.
 
-        ``prompt``: text (wrapped in the chat template unless ``raw``) or token ids. ``k``, ``pace_s`` and
-        ``chunk_size`` override the settings decision for this request (pd mode)."""
+        ``prompt``: text (wrapped in the chat template unless ``raw``) or token ids. ``k``, ``pace_s``,
+        ``chunk_size`` and ``refine`` ("off"/"auto"/"on") override the settings for this request (pd mode)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if mode != "device" and self.cfg.cloud is None:
@@ -145,7 +152,9 @@ class Session:
                                      f"window of {self.engine.context_window} tokens; shorten the prompt or "
                                      "lower --max-tokens")
         sampling = sampling or SamplingParams()
-        settings = self._settings(mode, len(ids), max_tokens)
+        if refine is not None and refine not in REFINE_MODES:
+            raise ValueError(f"refine must be one of {REFINE_MODES}, got {refine!r}")
+        settings = self._settings(mode, len(ids), max_tokens, refine or self.cfg.refine)
         if mode == "pd" and (k is not None or pace_s is not None or chunk_size is not None):
             settings = replace(settings, use_cloud=settings.use_cloud if k is None else k > 0,
                                k=settings.k if k is None else k,
@@ -156,13 +165,14 @@ class Session:
             yield tok
         self.last = run.result
 
-    def _settings(self, mode: str, prompt_tokens: int, max_tokens: int) -> SessionSettings:
+    def _settings(self, mode: str, prompt_tokens: int, max_tokens: int, refine: str) -> SessionSettings:
         if mode == "device":
             return SessionSettings(False, 0, 0.0, self.cfg.chunk_size, reason="device mode")
         if mode == "cloud":
             return SessionSettings(True, max_tokens, 0.0, self.cfg.chunk_size, reason="cloud mode")
         return decide_settings(prompt_tokens, max_tokens, self.profile, self.cfg.cloud_estimate,
-                               max_gap_s=self.cfg.max_gap_s, chunk_size=self.cfg.chunk_size)
+                               max_gap_s=self.cfg.max_gap_s, chunk_size=self.cfg.chunk_size, refine=refine,
+                               keep_ratio=self.cfg.refine_keep_ratio)
 
 
 class _Run:
@@ -197,7 +207,8 @@ class _Run:
             if self.settings.use_cloud:
                 self.link = CloudLink(self.s.cfg.cloud, self.s.cfg.network, self.s.tokenizer.hash)
                 self.link.start(prompt_token_ids=self.ids, k=self.settings.k, sampling=self.sampling,
-                                stop_token_ids=sorted(self.s.stop_ids))
+                                stop_token_ids=sorted(self.s.stop_ids),
+                                refine_keep_ratio=self.settings.refine_keep_ratio)
             while not self.core.finished:
                 self._send_messages()
                 if compute is None and (step := self.core.next_compute()) is not None:
@@ -250,7 +261,7 @@ class _Run:
             self.timeline.handover_s = self._now()
 
     def _on_cloud(self, event) -> None:
-        from pdlink.cloud.protocol import Accepted, Done, Token
+        from pdlink.cloud.protocol import Accepted, Done, RefinedPrompt, Token
 
         now = self._now()
         if isinstance(event, Token):
@@ -259,6 +270,10 @@ class _Run:
             self.core.on_cloud_token(event.index, event.token_id, now)
             if first and self.mode == "pd":
                 self.core.controller.set_pace(retuned_pace(self.settings, now, self.k, self.s.cfg.max_gap_s))
+        elif isinstance(event, RefinedPrompt):
+            self.core.on_refined_prompt(list(event.kept_indices))
+            if self.core.refinement.get("applied"):
+                self.timeline.refined_s, self.timeline.prompt_tokens = now, len(self.core.prompt)
         elif isinstance(event, Accepted):
             self._check_estimate(event.estimated_ttft_s, now)
         elif isinstance(event, Done):
@@ -279,8 +294,9 @@ class _Run:
             self.core.give_up_cloud(f"cloud_slow: estimated first token at {cloud_ttft:.2f} s, "
                                     f"the device's at {predicted['device_ttft_s']:.2f} s")
             return
+        refined = predicted.get("refined_prompt_tokens") if self.settings.refine_keep_ratio else None
         j, _ = cloud_tokens_needed(len(self.ids), self.s.profile, cloud_ttft, self.settings.pace_s,
-                                   self.core.max_tokens)
+                                   self.core.max_tokens, refined)
         k = with_margin(j)
         if k < self.k and self.settings.reason != "set by the caller":
             self.k = k

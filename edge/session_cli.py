@@ -17,6 +17,10 @@ def add_session_arguments(p) -> None:
     p.add_argument("--max-gap-ms", type=float, default=50.0, help="bound on the gap between shown cloud tokens")
     p.add_argument("--cloud-ca-file", default=None, help="CA bundle for a wss:// cloud")
     p.add_argument("--model-id", default=None, help="model id announced to the cloud (default: the package's)")
+    p.add_argument("--refine", choices=("off", "auto", "on"), default="off",
+                   help="pd mode: prefill only the prompt tokens the cloud marks as important (lossy; "
+                        "auto = when it brings the hand-over clearly earlier)")
+    p.add_argument("--refine-keep", type=float, default=0.5, help="share of the prompt a refined prompt keeps")
 
 
 def build_session(args, max_num_threads: int | None = None):
@@ -35,7 +39,7 @@ def build_session(args, max_num_threads: int | None = None):
                                bandwidth_mbps=args.net_bandwidth_mbps)
     cfg = SessionConfig(package=args.package, cloud=cloud, device_profile=args.device_profile, network=network,
                         threads=getattr(args, "threads", 0), context_window=getattr(args, "context", 0),
-                        max_gap_s=args.max_gap_ms / 1000)
+                        max_gap_s=args.max_gap_ms / 1000, refine=args.refine, refine_keep_ratio=args.refine_keep)
     return Session(cfg)
 
 
@@ -105,7 +109,8 @@ def _summary(result) -> str:
     origins = result.origins
     return (f"[{result.mode}] TTFT {result.ttft_s or 0:.2f} s | {origins.count('cloud')} cloud + "
             f"{origins.count('device')} device tokens | hand-over {result.handover_index} | "
-            f"max gap {result.max_gap_s * 1000:.0f} ms | cloud busy {result.cloud_busy_s} s | fallback {result.fallback}")
+            f"max gap {result.max_gap_s * 1000:.0f} ms | cloud busy {result.cloud_busy_s} s | fallback {result.fallback}"
+            + (f" | refined prompt {result.refinement}" if result.refinement else ""))
 
 
 def add_profile_command(sub) -> None:

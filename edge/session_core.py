@@ -12,7 +12,8 @@ counter, ``num_computed_tokens``, so the prompt and the received cloud tokens ta
 next token: the device takes over (hand-over at ``j`` = cloud tokens kept), asks the cloud to stop
 after index ``j - 1``, and commits its own tokens from then on. The device never decodes a token it
 already received; a cloud token arriving after the hand-over is dropped. Device-only mode is the
-same machine with the cloud switched off.
+same machine with the cloud switched off. A refined prompt from the cloud (``on_refined_prompt``)
+shortens what is left of the local prompt prefill; the answer path is unchanged.
 """
 
 from __future__ import annotations
@@ -104,7 +105,9 @@ class SessionCore:
         self.controller: SpeedController[tuple[int, int, str]] = SpeedController(pace_s, max_gap_s)
         self.shown: list[ShownToken] = []
         self._outbox: list[StopCloud] = []
-        self._computing = False
+        self._computing = 0  # tokens of the local step in flight (0: none)
+        self.prompt_tokens = len(self.prompt)  # the user's prompt; ``prompt`` is what the device computes
+        self.refinement: dict | None = None
 
     # ------------------------------------------------------------------ queries
 
@@ -120,10 +123,12 @@ class SessionCore:
         pending = (self.prompt + self.answer)[self.num_computed_tokens:]
         if not pending:
             return None
-        self._computing = True
         if self.state is SessionState.DECODING and len(pending) == 1:
-            return Compute((pending[0],), decode=True)
-        return Compute(tuple(pending[: self.chunk_size]), decode=False)
+            step = Compute((pending[0],), decode=True)
+        else:
+            step = Compute(tuple(pending[: self.chunk_size]), decode=False)
+        self._computing = len(step.token_ids)
+        return step
 
     def messages_to_send(self) -> list[StopCloud]:
         """What the shell must tell the cloud now (each message once)."""
@@ -147,7 +152,7 @@ class SessionCore:
 
     def on_computed(self, num_tokens: int, next_token: int, now_s: float) -> None:
         """A local step over ``num_tokens`` tokens finished; ``next_token`` was sampled from its logits."""
-        self._computing = False
+        self._computing = 0
         self.num_computed_tokens += num_tokens
         if self.state is SessionState.FINISHED:
             return
@@ -194,6 +199,26 @@ class SessionCore:
             self.fallback = reason
             if not self.device_compute:
                 self._finish("error")
+
+    def on_refined_prompt(self, kept_indices: list[int]) -> None:
+        """The cloud says which prompt positions matter: the rest of the local prefill reads only those.
+
+        Positions computed already (or in the step in flight) stay, so no work is lost; the device's
+        prompt becomes ``prompt[:boundary] + prompt[kept >= boundary]``. Too late once the prompt is in
+        the KV cache (then nothing changes; ``refinement["applied"]`` says so)."""
+        boundary = self.num_computed_tokens + self._computing
+        n = len(self.prompt)
+        if self.refinement is not None:
+            return
+        if any(not 0 <= i < n for i in kept_indices) or any(b <= a for a, b in zip(kept_indices, kept_indices[1:])):
+            self.refinement = {"applied": False, "note": "ignored: kept indices are not increasing prompt positions"}
+            return
+        if self.state is not SessionState.PREFILLING or boundary >= n or not self.device_compute:
+            self.refinement = {"applied": False, "note": "arrived after the local prefill of the prompt"}
+            return
+        self.prompt = self.prompt[:boundary] + [self.prompt[i] for i in kept_indices if i >= boundary]
+        self.refinement = {"applied": True, "kept_indices": len(kept_indices), "device_prompt_tokens": len(self.prompt),
+                           "prompt_tokens": n, "kept_from_position": boundary}
 
     def limit_cloud(self, num_tokens: int) -> None:
         """Ask the cloud for at most ``num_tokens`` tokens in all (a tighter k once its TTFT is known)."""

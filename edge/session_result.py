@@ -26,6 +26,7 @@ class SessionResult:
     cloud_busy_s: float | None
     cloud_done: dict | None
     settings: dict
+    refinement: dict | None
     emulation: dict
     e2e_s: float
     device_compute_s: float
@@ -50,6 +51,7 @@ class SessionResult:
             "fallback": self.fallback, "max_gap_s": self.max_gap_s, "p99_gap_s": float(np.percentile(gaps, 99)),
             "mean_gap_s": float(gaps.mean()), "cloud_busy_s": self.cloud_busy_s, "cloud_done": self.cloud_done,
             "cloud_tokens_shown": self.origins.count("cloud"), "settings": self.settings,
+            "refinement": self.refinement,
             "emulation": self.emulation, "e2e_s": self.e2e_s, "device_compute_s": self.device_compute_s,
         }
         if with_timeline:
@@ -68,6 +70,7 @@ def build_result(run) -> SessionResult:
                       "stop_after_index": done.stop_after_index}
     settings = {"use_cloud": run.settings.use_cloud, "k": run.settings.k, "k_after_estimate": run.k, "pace_s": run.settings.pace_s,
                 "final_pace_s": core.controller.tau_s, "chunk_size": run.settings.chunk_size,
+                "refine_keep_ratio": run.settings.refine_keep_ratio,
                 "reason": run.settings.reason, "predicted": run.settings.predicted,
                 "max_gap_s": s.cfg.max_gap_s}
     welcome = getattr(run.link.client, "welcome", None) if run.link is not None else None
@@ -77,9 +80,21 @@ def build_result(run) -> SessionResult:
                  "note": "emulated device: real engine work, then a wait to the profile's time"
                  if s.device.profile is not None else "this machine's own speed"}
     return SessionResult(
-        text=s.tokenizer.decode(core.answer), token_ids=list(core.answer), prompt_tokens=len(core.prompt),
+        text=s.tokenizer.decode(core.answer), token_ids=list(core.answer), prompt_tokens=core.prompt_tokens,
         finish_reason=core.finish_reason or "error", mode=run.mode, ttft_s=first, handover_index=core.handover_index,
         origins=list(core.origins), fallback=core.fallback, gaps_s=[float(g) for g in timeline.gaps()],
         cloud_busy_s=done.cloud_busy_s if done is not None else (0.0 if run.link is None else None),
-        cloud_done=cloud_done, settings=settings, emulation=emulation, e2e_s=run._now(),
+        cloud_done=cloud_done, settings=settings, refinement=_refinement(run), emulation=emulation, e2e_s=run._now(),
         device_compute_s=s.device.compute_s, timeline=timeline)
+
+
+def _refinement(run) -> dict | None:
+    """What became of prompt refinement: None when not asked; else whether it applied, or why not."""
+    if not run.settings.refine_keep_ratio:
+        return None
+    if run.core.refinement is not None:
+        return {"keep_ratio": run.settings.refine_keep_ratio, **run.core.refinement}
+    welcome = getattr(run.link.client, "welcome", None) if run.link is not None else None
+    why = ("the cloud does not offer prompt refinement" if welcome is not None and "refine" not in welcome.features
+           else "no refined prompt arrived")
+    return {"keep_ratio": run.settings.refine_keep_ratio, "applied": False, "note": why}

@@ -12,6 +12,11 @@ and ``k = j`` plus a margin (the cloud is stopped at the hand-over anyway). ``ta
 own decode time (the stream keeps one pace through the hand-over), capped at ``max_gap_s``. If
 ``tau <= p`` the device can never catch up while tokens arrive, so the cloud makes the whole answer.
 When the cloud would answer later than the device's own prefill, the cloud is not used at all.
+
+With prompt refinement the device switches to the cloud's kept tokens when the first cloud token
+arrives: it has prefilled ``n0 ~ TTFT * prefill rate`` tokens by then and reads ``rho`` of the rest, so
+``L`` above becomes ``n0 + rho * (L - n0)``. ``refine="auto"`` uses it only when that cuts the cloud
+tokens needed (j) by a quarter or more: refinement trades answer fidelity for an earlier hand-over.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ from dataclasses import dataclass
 from pdlink.edge.device_profile import DeviceProfile
 
 
-PACE_HEADROOM = 0.95  # show buffered tokens a little inside the gap bound: timers fire late by a ms or two
+PACE_HEADROOM = 0.9  # show buffered tokens inside the gap bound: timers fire late by a few ms on a busy host
+REFINE_MODES = ("off", "auto", "on")
+AUTO_REFINE_GAIN = 0.75  # "auto" refines when j shrinks to this fraction or less
 
 
 @dataclass(frozen=True)
@@ -48,16 +55,21 @@ class SessionSettings:
     chunk_size: int  # local prefill chunk
     reason: str = ""  # why these settings
     predicted: dict | None = None  # device_ttft_s, cloud_ttft_s, catch_up_s
+    refine_keep_ratio: float = 0.0  # ask the cloud for a refined prompt keeping this share (0: full prompt)
 
     def __post_init__(self):
         if self.k < 0 or self.pace_s < 0 or self.chunk_size < 1:
             raise ValueError("k and pace_s must be >= 0 and chunk_size >= 1")
+        if not 0.0 <= self.refine_keep_ratio <= 1.0:
+            raise ValueError("refine_keep_ratio must be in [0, 1] (0: no refinement)")
 
 
 def decide_settings(prompt_tokens: int, max_tokens: int, device: DeviceProfile, cloud: CloudEstimate, *,
                     max_gap_s: float = 0.05, chunk_size: int = 512, max_k: int = 512,
-                    margin: float = 0.15) -> SessionSettings:
-    """Choose k and the pace for one request (see the module docstring)."""
+                    margin: float = 0.15, refine: str = "off", keep_ratio: float = 0.5) -> SessionSettings:
+    """Choose k, the pace and whether to refine the prompt for one request (see the module docstring)."""
+    if refine not in REFINE_MODES:
+        raise ValueError(f"refine must be one of {REFINE_MODES}, got {refine!r}")
     L = prompt_tokens
     device_ttft = device.prefill_time_s(L, 0)
     cloud_ttft = cloud.ttft_s(L)
@@ -68,15 +80,30 @@ def decide_settings(prompt_tokens: int, max_tokens: int, device: DeviceProfile, 
         return SessionSettings(False, 0, pace, chunk_size, reason="cloud_slow: its first token would come later "
                                "than the device's own", predicted=predicted)
     j, why = cloud_tokens_needed(L, device, cloud_ttft, pace, max_tokens)
+    device_prompt, rho = L, 0.0
+    if refine != "off":
+        refined = refined_prompt_tokens(L, device, cloud_ttft, keep_ratio)
+        j_refined, why_refined = cloud_tokens_needed(L, device, cloud_ttft, pace, max_tokens, refined)
+        if refine == "on" or j_refined <= AUTO_REFINE_GAIN * j:
+            j, why, device_prompt, rho = j_refined, f"{why_refined}, refined prompt", refined, keep_ratio
+        predicted["refined_prompt_tokens"] = refined
     k = min(max_tokens, max_k, with_margin(j, margin))
-    predicted["catch_up_s"] = device_ttft + device.prefill_time_s(min(j, k), L)
-    return SessionSettings(True, k, pace, chunk_size, reason=f"{why}: j={j}", predicted=predicted)
+    predicted["catch_up_s"] = device.prefill_time_s(device_prompt, 0) + device.prefill_time_s(min(j, k), device_prompt)
+    return SessionSettings(True, k, pace, chunk_size, reason=f"{why}: j={j}", predicted=predicted,
+                           refine_keep_ratio=rho)
+
+
+def refined_prompt_tokens(prompt_tokens: int, device: DeviceProfile, cloud_ttft_s: float, keep_ratio: float) -> int:
+    """Prompt tokens the device computes when it switches to the refined prompt at the first cloud token."""
+    done = min(prompt_tokens, int(cloud_ttft_s * device.prefill_tok_s))
+    return done + math.ceil(keep_ratio * (prompt_tokens - done))
 
 
 def cloud_tokens_needed(prompt_tokens: int, device: DeviceProfile, cloud_ttft_s: float, pace_s: float,
-                        max_tokens: int) -> tuple[int, str]:
-    """The j of the closed form (module docstring) and how it was found."""
-    L = prompt_tokens
+                        max_tokens: int, device_prompt_tokens: int | None = None) -> tuple[int, str]:
+    """The j of the closed form (module docstring) and how it was found; ``device_prompt_tokens``: what
+    the device prefills of the prompt (fewer with refinement; default all of it)."""
+    L = prompt_tokens if device_prompt_tokens is None else device_prompt_tokens
     per_token = device.prefill_time_s(1, L)
     if pace_s <= per_token:
         return max_tokens, "the device prefills slower than the shown pace: the cloud makes the answer"

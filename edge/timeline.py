@@ -18,6 +18,7 @@ class Timeline:
     handover_s: float | None = None
     stop_sent_s: float | None = None
     fallback_s: float | None = None
+    refined_s: float | None = None  # a refined prompt arrived (``prompt_tokens`` is then the device's prompt)
 
     def gaps(self) -> np.ndarray:
         """Time between consecutive shown tokens."""
@@ -27,7 +28,7 @@ class Timeline:
     def to_json(self) -> dict:
         return {"cloud_tokens": self.cloud_tokens, "local_steps": self.local_steps, "shown": self.shown,
                 "prompt_tokens": self.prompt_tokens, "handover_s": self.handover_s, "stop_sent_s": self.stop_sent_s,
-                "fallback_s": self.fallback_s}
+                "fallback_s": self.fallback_s, "refined_s": self.refined_s}
 
 
 def plot_timeline(timeline: Timeline, path, title: str) -> None:
@@ -59,6 +60,8 @@ def plot_timeline(timeline: Timeline, path, title: str) -> None:
         ax.axvline(timeline.handover_s, color="tab:red", ls="--", lw=1, label="hand-over")
     if timeline.fallback_s is not None:
         ax.axvline(timeline.fallback_s, color="black", ls=":", lw=1, label="fallback")
+    if timeline.refined_s is not None:
+        ax.axvline(timeline.refined_s, color="tab:purple", ls="-.", lw=1, label="refined prompt arrives")
     ax.set_xlim(left=0)
     ax.set_xlabel("seconds since submit")
     ax.set_ylabel("answer token index")

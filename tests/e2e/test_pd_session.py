@@ -250,3 +250,15 @@ def test_chat_with_the_cloud_shows_origins(server, q4_1_package):
                          input="What is the capital of France?\n\n", capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert run.stdout.count("[cloud]") + run.stdout.count("[device]") >= 1 and "TTFT" in run.stderr
+
+
+def test_a_cloud_without_refinement_leaves_the_prompt_whole(server, q4_1_package, references):
+    prompt = prompts()[1]
+    session = make_session(q4_1_package, server.url, refine="on")
+    try:
+        shown = [t.token_id for t in session.generate(prompt, mode="pd", max_tokens=MAX_TOKENS, k=24)]
+        refinement = session.last.to_json()["refinement"]
+    finally:
+        session.close()
+    assert refinement == {"keep_ratio": 0.5, "applied": False, "note": "the cloud does not offer prompt refinement"}
+    assert shown == references[prompt].token_ids  # nothing was dropped, so the hand-over stays lossless

@@ -113,3 +113,36 @@ def test_torch_backend_logits_match_across_batch_layouts(torch_backend, prompts)
         b.prefill({s4: [b.vocab_size]})
     b.free_sequence(s4)
     assert b.num_sequences == 0
+
+
+def test_torch_backend_scores_prompts_the_same_whatever_the_chunking(torch_backend):
+    from pdlink.bench.workload import prompt_of_length
+
+    ids = prompt_of_length(torch_backend.tokenizer.encode, 300)
+    scores = []
+    for chunk in (300, 64, 7):
+        seq = torch_backend.add_sequence()
+        torch_backend.track_attention(seq, 16)
+        for i in range(0, len(ids), chunk):
+            torch_backend.prefill({seq: ids[i:i + chunk]})
+        scores.append(torch_backend.prompt_importance(seq))
+        torch_backend.free_sequence(seq)
+    layers, heads = 30, 9  # SmolLM2-135M
+    assert scores[0].shape == (300,) and scores[0].sum() == pytest.approx(layers * heads * 16, rel=1e-4)
+    for other in scores[1:]:
+        np.testing.assert_allclose(other, scores[0], rtol=1e-3, atol=1e-3)
+
+
+def test_refinement_keeps_a_planted_fact_the_question_asks_for(torch_backend):
+    from pdlink.bench.workload import PLANTED_FACT, fact_positions, planted_fact_text
+    from pdlink.cloud.refinement import RefineSpec, kept_fraction_of, select_kept_indices
+
+    tok = torch_backend.tokenizer
+    ids = tok.encode_chat(planted_fact_text(5000))
+    seq = torch_backend.add_sequence()
+    torch_backend.track_attention(seq, 32)
+    torch_backend.prefill({seq: ids})
+    kept = select_kept_indices(torch_backend.prompt_importance(seq), RefineSpec(keep_ratio=0.5))
+    torch_backend.free_sequence(seq)
+    assert abs(len(kept) - len(ids) / 2) <= 1
+    assert kept_fraction_of(kept, fact_positions(ids, tok.encode(" " + PLANTED_FACT))) >= 0.75

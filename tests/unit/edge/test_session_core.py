@@ -182,3 +182,56 @@ def test_a_session_needs_tokens_and_a_side():
         make([])
     with pytest.raises(ValueError):
         make([1], use_cloud=False, device_compute=False)
+
+
+def test_refined_prompt_replaces_only_the_part_not_yet_computed():
+    prompt = list(range(1, 41))
+    core = make(prompt, chunk=8)
+    run_local_step(core, 0.0)  # 8 tokens computed
+    in_flight = core.next_compute()  # tokens 8..15 in flight
+    kept = [0, 1, 5, 12, 20, 21, 30, 39]
+    core.on_refined_prompt(kept)
+    assert core.refinement["applied"] and core.refinement["kept_from_position"] == 16
+    assert core.prompt == prompt[:16] + [prompt[20], prompt[21], prompt[30], prompt[39]]
+    assert core.prompt_tokens == 40
+    core.on_computed(len(in_flight.token_ids), 7, 0.1)
+    step = core.next_compute()
+    assert step.token_ids == tuple(core.prompt[16:20])
+    core.on_refined_prompt([0])  # only the first refined prompt counts
+    assert core.prompt[16:] == [prompt[20], prompt[21], prompt[30], prompt[39]]
+
+
+def test_refined_prompt_after_the_prompt_prefill_changes_nothing():
+    prompt = list(range(1, 9))
+    core = make(prompt, chunk=8)
+    run_local_step(core, 0.0)
+    core.on_refined_prompt([0, 7])
+    assert core.prompt == prompt and core.refinement == {"applied": False,
+                                                         "note": "arrived after the local prefill of the prompt"}
+
+
+@pytest.mark.parametrize("kept", [[3, 2], [0, 99], [-1, 4]])
+def test_refined_prompt_with_bad_indices_is_ignored(kept):
+    core = make(list(range(1, 21)), chunk=4)
+    core.on_refined_prompt(kept)
+    assert core.prompt == list(range(1, 21)) and not core.refinement["applied"]
+
+
+def test_refined_session_still_finishes_with_every_token_shown_once():
+    prompt = list(range(1, 41))
+    core = make(prompt, chunk=4, max_tokens=12)
+    cloud = device_only(prompt, 12)[:6]
+    core.on_refined_prompt(list(range(0, 40, 3)) + [39])
+    now, sent = 0.0, 0
+    for _ in range(1000):
+        if core.state is SessionState.FINISHED:
+            break
+        now += 0.01
+        if sent < len(cloud) and core.cloud is not CloudState.RELEASED:
+            core.on_cloud_token(sent, cloud[sent], now)
+            sent += 1
+        run_local_step(core, now)
+        core.release_due(now)
+    core.release_due(float("inf"))
+    assert [s.index for s in core.shown] == list(range(12)) and len(core.answer) == 12
+    assert core.answer[: core.handover_index] == cloud[: core.handover_index]

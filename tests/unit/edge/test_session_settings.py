@@ -107,3 +107,17 @@ def test_network_link_adds_latency_and_bandwidth_and_keeps_order():
     assert plain.delivery_s(1.0, 10_000) == 1.0 and not NetworkEmulation().active
     with pytest.raises(ValueError, match="net-rtt"):
         NetworkEmulation(rtt_ms=-1)
+
+
+def test_refinement_is_chosen_only_when_asked_and_it_pays():
+    slow_cloud = CloudEstimate(rtt_s=0.05, prefill_tok_s=300.0)
+    off = decide_settings(400, 256, PHONE, slow_cloud, refine="off")
+    on = decide_settings(400, 256, PHONE, slow_cloud, refine="on", keep_ratio=0.3)
+    auto = decide_settings(400, 256, PHONE, slow_cloud, refine="auto", keep_ratio=0.3)
+    assert off.refine_keep_ratio == 0.0 and on.refine_keep_ratio == 0.3
+    assert on.k < off.k and on.predicted["catch_up_s"] < off.predicted["catch_up_s"]
+    assert auto.refine_keep_ratio == 0.3  # cuts j by far more than a quarter here
+    barely = decide_settings(400, 256, PHONE, slow_cloud, refine="auto", keep_ratio=0.98)
+    assert barely.refine_keep_ratio == 0.0 and barely.k == off.k
+    with pytest.raises(ValueError, match="refine"):
+        decide_settings(400, 256, PHONE, slow_cloud, refine="sometimes")
