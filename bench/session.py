@@ -1,21 +1,29 @@
 """``pdlink bench session``: TTFT, shown-token gaps and cloud usage of pd vs device vs cloud mode.
 
-One cloud server (the same compiled package, its own thread budget) on loopback; one device session
-(its own thread budget) emulating a phone-class device. For each prompt length (real text), the same
-prompt runs in device, pd and cloud mode; ``session.json`` holds every figure, plus one timeline plot
-per length (pd mode) and a TTFT-vs-length plot.
+One cloud server on loopback with its own thread budget -- by default the model compiled at float32
+(the cloud serves full precision, the device its 4-bit package; ``--cloud-backend package`` puts the
+device's own package on both sides, so pd equals device token for token) -- and one device session (its
+own thread budget) emulating a phone-class device. For each prompt length (real text), the same prompt
+runs in device, pd and cloud mode; ``session.json`` holds every figure, plus one timeline plot per
+length (pd mode) and a TTFT-vs-length plot. Then a torch cloud (the backend that scores prompts)
+serves the prompt-refinement measurements: speed and fidelity (``bench/session_refinement.py``).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 MODES = ("device", "pd", "cloud")
+# package-f32: the model compiled at full precision (the cloud serves float32, the device 4-bit);
+# package: the device's own package (the same model both sides: pd equals device token for token);
+# torch: transformers float32 (decodes ~85 ms/token on one core here, slower than the shown pace).
+CLOUD_BACKENDS = ("package-f32", "package", "torch")
 
 
 @dataclass(frozen=True)
@@ -29,10 +37,14 @@ class SessionBenchConfig:
     net_rtt_ms: float = 40.0
     net_jitter_ms: float = 5.0
     device_threads: int = 1
-    cloud_threads: int = 1
+    cloud_threads: int = 2  # the emulated device needs a fraction of its core: it mostly waits out the profile
     package: str | None = None  # default: the q4_1 package of the default model, built on demand
+    cloud_backend: str = "package-f32"  # the cloud's model: see CLOUD_BACKENDS
+    refinement: bool = True  # measure prompt refinement (on a torch cloud: it scores the prompt)
 
     def __post_init__(self):
+        if self.cloud_backend not in CLOUD_BACKENDS:
+            raise ValueError(f"--cloud-backend must be one of {CLOUD_BACKENDS}")
         if 2048 not in self.lengths:
             raise ValueError("--lengths must include 2048 (ttft_reduction_2k is taken there)")
         if min(self.lengths) < 16 or self.max_tokens < 2:
@@ -51,51 +63,88 @@ def build_prompt(tokenizer, num_tokens: int, instruction: str = "Summarize the f
 def run_session_bench(cfg: SessionBenchConfig) -> dict:
     """Run the benchmark; writes ``session.json`` and the plots into ``cfg.output``; returns the report."""
     from pdlink.bench.engine import _ensure_package, machine_info
-    from pdlink.cloud.server_process import ServerProcess
-    from pdlink.edge.cloud_link import CloudTarget
     from pdlink.edge.emulation import NetworkEmulation
     from pdlink.edge.session import Session, SessionConfig
-    from pdlink.edge.timeline import plot_timeline
 
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
-    package = Path(cfg.package) if cfg.package else _ensure_package("q4_1", Path(".cache/bench-packages"))
-    longest = max(cfg.lengths) + cfg.max_tokens + 64
-    server = ServerProcess("--model", str(package), "--threads", str(cfg.cloud_threads), "--max-prompt-tokens",
-                           str(longest), "--max-leading-tokens", str(max(256, cfg.max_tokens)),
-                           "--prefill-chunk-tokens", "1024", "--step-token-budget", "2048",
-                           "--ttft-budget-s", "600", log_path=out / "session-server.log")
-    runs: dict[str, dict] = {}
-    with server:
-        url = server.wait_ready(timeout_s=300)
-        network = NetworkEmulation(rtt_ms=cfg.net_rtt_ms, jitter_ms=cfg.net_jitter_ms, seed=7)
-        session = Session(SessionConfig(package=str(package), cloud=CloudTarget(url, event_timeout_s=600),
-                                        device_profile=cfg.device_profile, network=network,
-                                        threads=cfg.device_threads, context_window=longest))
-        try:
-            list(session.generate(build_prompt(session.tokenizer, 64), mode="pd", max_tokens=4))  # warm-up
-            for length in cfg.lengths:
-                ids = build_prompt(session.tokenizer, length)
-                runs[str(length)] = {}
-                for mode in MODES:
-                    t0 = time.perf_counter()
-                    list(session.generate(ids, mode=mode, max_tokens=cfg.max_tokens))
-                    result = session.last
-                    runs[str(length)][mode] = {**result.to_json(), "wall_s": time.perf_counter() - t0,
-                                               "gaps_s": result.gaps_s}
-                    if mode == "pd":
-                        plot_timeline(result.timeline, out / f"session-timeline-{length}.png",
-                                      f"pd, {result.prompt_tokens} prompt tokens, {cfg.device_profile} (emulated), "
-                                      f"RTT {cfg.net_rtt_ms:.0f} ms: TTFT {result.ttft_s:.2f} s, hand-over "
-                                      f"{result.handover_index}, fallback {result.fallback}")
-                    print(f"  {length:5d} {mode:6s} ttft {result.ttft_s:7.2f} s  handover {result.handover_index}"
-                          f"  cloud busy {result.cloud_busy_s}  max gap {result.max_gap_s * 1000:.0f} ms", flush=True)
-        finally:
-            session.close()
+    packages = Path(".cache/bench-packages")
+    package = Path(cfg.package) if cfg.package else _ensure_package("q4_1", packages)
+    longest = max(cfg.lengths) + max(cfg.max_tokens, 384) + 64
+    cloud_model = {"torch": "smollm2-135m", "package": str(package)}.get(cfg.cloud_backend) \
+        or str(_ensure_package("f32", packages))
+    network = NetworkEmulation(rtt_ms=cfg.net_rtt_ms, jitter_ms=cfg.net_jitter_ms, seed=7)
+    session = Session(SessionConfig(package=str(package), device_profile=cfg.device_profile, network=network,
+                                    threads=cfg.device_threads, context_window=longest))
+    try:
+        with _cloud(cfg, cloud_model, longest, out / "session-server.log") as target:
+            runs, cloud_server = _run_lengths(cfg, _with_cloud(session, target), out)
+        refinement = None
+        if cfg.refinement:
+            from pdlink.bench.session_refinement import measure_refinement
+
+            with _cloud(cfg, "smollm2-135m", longest, out / "session-refine-server.log") as target:
+                refining = _with_cloud(session, target)
+                try:
+                    refinement = measure_refinement(refining, out)
+                finally:
+                    refining.close()
+    finally:
+        session.close()
     report = _report(cfg, runs, machine_info(cfg.device_threads + cfg.cloud_threads), session)
+    report["cloud_server"], report["refinement"] = cloud_server, refinement
     (out / "session.json").write_text(json.dumps(report, indent=1))
     plot_session_bench(report, out / "session.png")
     return report
+
+
+@contextmanager
+def _cloud(cfg: SessionBenchConfig, model: str, longest: int, log_path: Path):
+    """A cloud server for ``model`` on loopback with the benchmark's thread budget; yields its target."""
+    from pdlink.cloud.server_process import ServerProcess
+    from pdlink.edge.cloud_link import CloudTarget
+
+    server = ServerProcess("--model", model, "--threads", str(cfg.cloud_threads), "--max-prompt-tokens",
+                           str(longest), "--max-leading-tokens", str(max(384, cfg.max_tokens)),
+                           "--prefill-chunk-tokens", "1024", "--step-token-budget", "2048",
+                           "--ttft-budget-s", "600", log_path=log_path)
+    with server:
+        yield CloudTarget(server.wait_ready(timeout_s=300), event_timeout_s=600)
+
+
+def _with_cloud(session, target):
+    """A session sharing ``session``'s engine, pointed at ``target``."""
+    from pdlink.edge.session import Session
+
+    return Session(replace(session.cfg, cloud=target), engine=session.engine, profile=session.profile)
+
+
+def _run_lengths(cfg: SessionBenchConfig, session, out: Path) -> tuple[dict, str | None]:
+    """Every prompt length in device, pd and cloud mode (after a warm-up); one timeline plot per length."""
+    from pdlink.edge.timeline import plot_timeline
+
+    runs: dict[str, dict] = {}
+    try:
+        list(session.generate(build_prompt(session.tokenizer, 64), mode="pd", max_tokens=4))  # warm-up
+        for length in cfg.lengths:
+            ids = build_prompt(session.tokenizer, length)
+            runs[str(length)] = {}
+            for mode in MODES:
+                t0 = time.perf_counter()
+                list(session.generate(ids, mode=mode, max_tokens=cfg.max_tokens, ignore_eos=True))
+                result = session.last
+                runs[str(length)][mode] = {**result.to_json(), "wall_s": time.perf_counter() - t0,
+                                           "gaps_s": result.gaps_s}
+                if mode == "pd":
+                    plot_timeline(result.timeline, out / f"session-timeline-{length}.png",
+                                  f"pd, {result.prompt_tokens} prompt tokens, {cfg.device_profile} (emulated), "
+                                  f"RTT {cfg.net_rtt_ms:.0f} ms: TTFT {result.ttft_s:.2f} s, hand-over "
+                                  f"{result.handover_index}, fallback {result.fallback}")
+                print(f"  {length:5d} {mode:6s} ttft {result.ttft_s:7.2f} s  handover {result.handover_index}"
+                      f"  cloud busy {result.cloud_busy_s}  max gap {result.max_gap_s * 1000:.0f} ms", flush=True)
+        return runs, session.last.emulation["cloud_server"]
+    finally:
+        session.close()
 
 
 def _report(cfg: SessionBenchConfig, runs: dict, machine: dict, session) -> dict:
@@ -118,10 +167,16 @@ def _report(cfg: SessionBenchConfig, runs: dict, machine: dict, session) -> dict
         "ttft_reduction": {length: 1 - r["pd"]["ttft_s"] / r["device"]["ttft_s"] for length, r in runs.items()},
         "cloud_busy_s": {length: {m: r[m]["cloud_busy_s"] for m in ("pd", "cloud")} for length, r in runs.items()},
         "handover_index": {length: r["pd"]["handover_index"] for length, r in runs.items()},
+        "host_slower_steps": {length: {m: r[m]["emulation"]["device"].get("host_slower_steps") for m in MODES}
+                              for length, r in runs.items()},
         "pd_equals_device": {length: r["pd"]["token_ids"] == r["device"]["token_ids"] for length, r in runs.items()},
+        "pd_equals_device_note": "expected only with --cloud-backend package (the same model on both sides); "
+                                 "a float32 cloud (package-f32, torch) differs from the 4-bit device in some tokens",
         "config": asdict(cfg),
         "threads": {"device_engine": cfg.device_threads, "cloud_server": cfg.cloud_threads,
-                    "note": "device and cloud share this machine's cores, each with its own thread budget"},
+                    "note": "device and cloud share this machine's cores, each with its own thread budget; the "
+                            "emulated device sleeps most of its time (waits out the profile), and steps where "
+                            "this host was slower than the profile are counted (emulation.device.host_slower_steps)"},
         "device_profile": session.profile.to_json(),
         "emulation_note": "device speed emulated: the real engine computes every step, then waits out the "
                           "difference to the profile's time; the network is emulated on loopback",

@@ -133,11 +133,12 @@ class Session:
     async def agenerate(self, prompt: str | list[int], *, mode: str = "pd", max_tokens: int = 128,
                         sampling: SamplingParams | None = None, raw: bool = False, k: int | None = None,
                         pace_s: float | None = None, chunk_size: int | None = None,
-                        refine: str | None = None) -> AsyncIterator[SessionToken]:
+                        refine: str | None = None, ignore_eos: bool = False) -> AsyncIterator[SessionToken]:
         """Stream the answer as an async iterator; the full record is in ``self.last`` afterwards.
 
         ``prompt``: text (wrapped in the chat template unless ``raw``) or token ids. ``k``, ``pace_s``,
-        ``chunk_size`` and ``refine`` ("off"/"auto"/"on") override the settings for this request (pd mode)."""
+        ``chunk_size`` and ``refine`` ("off"/"auto"/"on") override the settings for this request (pd mode).
+        ``ignore_eos``: always make ``max_tokens`` tokens (benchmarks)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if mode != "device" and self.cfg.cloud is None:
@@ -160,7 +161,7 @@ class Session:
                                k=settings.k if k is None else k,
                                pace_s=settings.pace_s if pace_s is None else pace_s,
                                chunk_size=chunk_size or settings.chunk_size, reason="set by the caller")
-        run = _Run(self, ids, mode, max_tokens, sampling, settings)
+        run = _Run(self, ids, mode, max_tokens, sampling, settings, set() if ignore_eos else self.stop_ids)
         async for tok in run.drive():
             yield tok
         self.last = run.result
@@ -179,9 +180,9 @@ class _Run:
     """One request in flight: the core, the engine sequence, the cloud link, the timeline."""
 
     def __init__(self, session: Session, ids: list[int], mode: str, max_tokens: int, sampling: SamplingParams,
-                 settings: SessionSettings):
-        self.s, self.ids, self.mode, self.settings = session, ids, mode, settings
-        self.core = SessionCore(ids, max_tokens=max_tokens, stop_token_ids=session.stop_ids,
+                 settings: SessionSettings, stop_ids: set[int]):
+        self.s, self.ids, self.mode, self.settings, self.stop_ids = session, ids, mode, settings, stop_ids
+        self.core = SessionCore(ids, max_tokens=max_tokens, stop_token_ids=stop_ids,
                                 chunk_size=settings.chunk_size, pace_s=settings.pace_s,
                                 max_gap_s=session.cfg.max_gap_s if mode == "pd" else None,
                                 use_cloud=settings.use_cloud, device_compute=mode != "cloud")
@@ -207,7 +208,7 @@ class _Run:
             if self.settings.use_cloud:
                 self.link = CloudLink(self.s.cfg.cloud, self.s.cfg.network, self.s.tokenizer.hash)
                 self.link.start(prompt_token_ids=self.ids, k=self.settings.k, sampling=self.sampling,
-                                stop_token_ids=sorted(self.s.stop_ids),
+                                stop_token_ids=sorted(self.stop_ids),
                                 refine_keep_ratio=self.settings.refine_keep_ratio)
             while not self.core.finished:
                 self._send_messages()

@@ -108,6 +108,7 @@ class SessionCore:
         self._computing = 0  # tokens of the local step in flight (0: none)
         self.prompt_tokens = len(self.prompt)  # the user's prompt; ``prompt`` is what the device computes
         self.refinement: dict | None = None
+        self.kept_indices: list[int] | None = None  # user-prompt positions the device computes, once refined
 
     # ------------------------------------------------------------------ queries
 
@@ -217,6 +218,7 @@ class SessionCore:
             self.refinement = {"applied": False, "note": "arrived after the local prefill of the prompt"}
             return
         self.prompt = self.prompt[:boundary] + [self.prompt[i] for i in kept_indices if i >= boundary]
+        self.kept_indices = list(range(boundary)) + [i for i in kept_indices if i >= boundary]
         self.refinement = {"applied": True, "kept_indices": len(kept_indices), "device_prompt_tokens": len(self.prompt),
                            "prompt_tokens": n, "kept_from_position": boundary}
 

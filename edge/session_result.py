@@ -31,6 +31,7 @@ class SessionResult:
     e2e_s: float
     device_compute_s: float
     timeline: Timeline
+    kept_indices: list[int] | None = None  # prompt positions the device prefilled, when refined (not in JSON)
 
     @property
     def max_gap_s(self) -> float:
@@ -85,7 +86,7 @@ def build_result(run) -> SessionResult:
         origins=list(core.origins), fallback=core.fallback, gaps_s=[float(g) for g in timeline.gaps()],
         cloud_busy_s=done.cloud_busy_s if done is not None else (0.0 if run.link is None else None),
         cloud_done=cloud_done, settings=settings, refinement=_refinement(run), emulation=emulation, e2e_s=run._now(),
-        device_compute_s=s.device.compute_s, timeline=timeline)
+        device_compute_s=s.device.compute_s, timeline=timeline, kept_indices=core.kept_indices)
 
 
 def _refinement(run) -> dict | None:

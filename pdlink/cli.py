@@ -202,6 +202,12 @@ def _add_bench(sub) -> None:
     ss.add_argument("--device-profile", default="phone")
     ss.add_argument("--net-rtt-ms", type=float, default=40.0)
     ss.add_argument("--package", default=None, help="compiled package (default: q4_1 of SmolLM2, built on demand)")
+    ss.add_argument("--cloud-backend", choices=("package-f32", "package", "torch"), default="package-f32",
+                    help="the cloud's model: the float32 package (default), the device's own 4-bit package "
+                         "(same model both sides: pd == device) or transformers float32")
+    ss.add_argument("--no-refinement", action="store_true", help="skip the prompt-refinement measurements")
+    ss.add_argument("--cloud-threads", type=int, default=2, help="the cloud server's thread budget")
+    ss.add_argument("--device-threads", type=int, default=1, help="the device engine's thread budget")
     ss.set_defaults(func=_cmd_bench_session)
     c = which.add_parser("cloud", help="cloud service under Poisson load from the shared traces")
     c.add_argument("--output", default="bench/results")
@@ -227,7 +233,9 @@ def _cmd_bench_session(args) -> int:
     from pdlink.bench.session import SessionBenchConfig, run_session_bench
 
     cfg = SessionBenchConfig(output=args.output, lengths=tuple(args.lengths), max_tokens=args.max_tokens,
-                             device_profile=args.device_profile, net_rtt_ms=args.net_rtt_ms, package=args.package)
+                             device_profile=args.device_profile, net_rtt_ms=args.net_rtt_ms, package=args.package,
+                             cloud_backend=args.cloud_backend, refinement=not args.no_refinement,
+                             cloud_threads=args.cloud_threads, device_threads=args.device_threads)
     report = run_session_bench(cfg)
     keys = ("ttft_reduction_2k", "max_gap_s", "p99_gap_s", "cloud_busy_ratio_pd_vs_cloud")
     print(json.dumps({k: report[k] for k in keys}, indent=2))
