@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pdlink.edge.real_text import build_prompt
+
 MODES = ("device", "pd", "cloud")
 # package-f32: the model compiled at full precision (the cloud serves float32, the device 4-bit);
 # package: the device's own package (the same model both sides: pd equals device token for token);
@@ -49,15 +51,6 @@ class SessionBenchConfig:
             raise ValueError("--lengths must include 2048 (ttft_reduction_2k is taken there)")
         if min(self.lengths) < 16 or self.max_tokens < 2:
             raise ValueError("lengths must be >= 16 tokens and max_tokens >= 2")
-
-
-def build_prompt(tokenizer, num_tokens: int, instruction: str = "Summarize the following text.") -> list[int]:
-    """A chat prompt of about ``num_tokens`` tokens: an instruction and real text cut to fit."""
-    from pdlink.bench.workload import prompt_of_length
-
-    overhead = len(tokenizer.encode_chat(instruction + "\n\n"))
-    body = tokenizer.decode(prompt_of_length(tokenizer.encode, max(8, num_tokens - overhead)))
-    return tokenizer.encode_chat(instruction + "\n\n" + body)
 
 
 def run_session_bench(cfg: SessionBenchConfig) -> dict:

@@ -22,7 +22,7 @@ RETRIEVAL_TOKENS = 24
 
 def measure_refinement(session, out: Path) -> dict:
     """Run the three comparisons on ``session`` (a pd-capable session on a refining cloud); returns the report."""
-    from pdlink.bench.session import build_prompt
+    from pdlink.edge.real_text import build_prompt
     from pdlink.edge.timeline import plot_timeline
 
     ids = build_prompt(session.tokenizer, LENGTH)
@@ -75,7 +75,7 @@ def agreement(a: list[int], b: list[int], start: int = 0) -> dict:
 
 
 def _retrieval(session) -> dict:
-    from pdlink.bench.workload import PLANTED_ANSWER, PLANTED_FACT, fact_positions, planted_fact_text
+    from pdlink.edge.real_text import PLANTED_ANSWER, PLANTED_FACT, fact_positions, planted_fact_text
     from pdlink.cloud.refinement import kept_fraction_of
 
     ids = session.encode(planted_fact_text(4 * LENGTH))

@@ -79,7 +79,7 @@ def trace_lengths(cfg: CloudBenchConfig) -> list[tuple[int, int]]:
 
 def build_prompts(tokenizer, lengths: list[int], seed: int) -> list[list[int]]:
     """Chat prompts of (about) the given token lengths: an instruction over a window of real text."""
-    from pdlink.bench.workload import real_text
+    from pdlink.edge.real_text import real_text
 
     text_ids = tokenizer.encode(real_text(max(lengths) * 6 * 8))
     overhead = len(tokenizer.encode_chat(INSTRUCTION))

@@ -83,7 +83,7 @@ class CloudServer:
         cfg = self.cfg
         self._loop, self._shutdown = asyncio.get_running_loop(), asyncio.Event()
         if cfg.warm_up:
-            from pdlink.bench.workload import real_text
+            from pdlink.edge.real_text import real_text
 
             ids = self.tokenizer.encode(real_text(cfg.prefill_chunk_tokens * 8))[:cfg.prefill_chunk_tokens]
             await asyncio.to_thread(self.worker.warm_up, ids)

@@ -113,7 +113,7 @@ def load_profile(path: Path) -> DeviceProfile | None:
 
 def measure_profile(engine, lengths: tuple[int, ...] = (256, 1024), decode_steps: int = 16) -> DeviceProfile:
     """Time the real engine: prefill at ``lengths`` and decode steps after the longest; fit the profile."""
-    from pdlink.bench.workload import prompt_of_length
+    from pdlink.edge.real_text import prompt_of_length
 
     rates = {}
     for n in lengths:

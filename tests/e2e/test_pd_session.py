@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from pdlink.bench.workload import real_text
+from pdlink.edge.real_text import real_text
 from pdlink.cloud.server_process import ServerProcess, free_port
 from pdlink.edge.cloud_link import CloudTarget
 from pdlink.edge.device_profile import DeviceProfile

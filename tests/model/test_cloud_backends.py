@@ -116,7 +116,7 @@ def test_torch_backend_logits_match_across_batch_layouts(torch_backend, prompts)
 
 
 def test_torch_backend_scores_prompts_the_same_whatever_the_chunking(torch_backend):
-    from pdlink.bench.workload import prompt_of_length
+    from pdlink.edge.real_text import prompt_of_length
 
     ids = prompt_of_length(torch_backend.tokenizer.encode, 300)
     scores = []
@@ -134,7 +134,7 @@ def test_torch_backend_scores_prompts_the_same_whatever_the_chunking(torch_backe
 
 
 def test_refinement_keeps_a_planted_fact_the_question_asks_for(torch_backend):
-    from pdlink.bench.workload import PLANTED_FACT, fact_positions, planted_fact_text
+    from pdlink.edge.real_text import PLANTED_FACT, fact_positions, planted_fact_text
     from pdlink.cloud.refinement import RefineSpec, kept_fraction_of, select_kept_indices
 
     tok = torch_backend.tokenizer

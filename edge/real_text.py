@@ -1,4 +1,5 @@
-"""Benchmark inputs cut from real text that ships with Python (no text written by this project)."""
+"""Prompts cut from real text that ships with Python (no text written by this project): for warm-ups,
+profiling, benchmarks, tests and the demo."""
 
 from __future__ import annotations
 
@@ -21,6 +22,13 @@ def prompt_of_length(tokenizer_encode, num_tokens: int) -> list[int]:
     if len(ids) < num_tokens:
         raise ValueError(f"real text too short for {num_tokens} tokens")
     return ids[:num_tokens]
+
+
+def build_prompt(tokenizer, num_tokens: int, instruction: str = "Summarize the following text.") -> list[int]:
+    """A chat prompt of about ``num_tokens`` tokens: an instruction and real text cut to fit."""
+    overhead = len(tokenizer.encode_chat(instruction + "\n\n"))
+    body = tokenizer.decode(prompt_of_length(tokenizer.encode, max(8, num_tokens - overhead)))
+    return tokenizer.encode_chat(instruction + "\n\n" + body)
 
 
 PLANTED_FACT = "The access code for the archive room is 7305."
