@@ -86,7 +86,7 @@ class LlamaForCausalLM(nn.Module):
         slower: it exists to check that tuning changes nothing). See ``matmul_forms``."""
         self.cfg, self.target = cfg, target
         form = "plain" if not tuned else "cpu" if target.kind.name == "llvm" else "portable"
-        with matmul_forms(form):
+        with matmul_forms(form, target):
             self.embed_tokens = FormattedMatrix(cfg.vocab_size, cfg.hidden_size, quant.embedding_format)
             self.layers = nn.ModuleList([DecoderLayer(cfg, quant.linear_format) for _ in range(cfg.num_hidden_layers)])
             self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
