@@ -13,7 +13,7 @@ import contextvars
 from tvm import te, tirx
 from tvm.relax.frontend import nn
 
-from pdlink.compile.gemv_nibbles import supports_nibble_gemv, nibble_gemv
+from pdlink.compile.gemv_words import supports_word_gemv, word_gemv
 from pdlink.compile.schedule import (
     BLOCK_PARAMS_BLOCK,
     DEQUANT_BLOCK,
@@ -38,7 +38,7 @@ def matmul_forms(form: str, target=None):
     """Matrices created inside get ``form``: "cpu" (shaped for pdlink's CPU schedules),
     "portable" (lane-interleaved GEMV that dlight's GPU rules schedule) or "plain" (one sum per
     output, unscheduled: the untuned reference). With "cpu", a ``target`` that has AVX-512 gives
-    4-bit matrices the shuffle-free GEMV of :mod:`pdlink.compile.gemv_nibbles` for single rows."""
+    block-quantized matrices the shuffle-free GEMV of :mod:`pdlink.compile.gemv_words` for single rows."""
     if form not in FORMS:
         raise ValueError(f"unknown matmul form {form!r}; choose one of {FORMS}")
     token = _FORM.set((form, target))
@@ -54,7 +54,7 @@ class FormattedMatrix(nn.Module):
     def __init__(self, out_features: int, in_features: int, fmt: WeightFormat):
         self.out_features, self.in_features, self.fmt = out_features, in_features, fmt
         self.form, target = _FORM.get()
-        self.nibble_gemv = self.form == "cpu" and supports_nibble_gemv(fmt.name, in_features, target)
+        self.use_word_gemv = self.form == "cpu" and supports_word_gemv(fmt.name, in_features, target)
         self.suffixes = []
         for suffix, (shape, dtype) in fmt.array_specs(out_features, in_features).items():
             setattr(self, suffix, nn.Parameter(shape, dtype))
@@ -66,8 +66,8 @@ class FormattedMatrix(nn.Module):
     def matmul_nt(self, x: nn.Tensor, name: str) -> nn.Tensor:
         """``x @ W.T`` for ``x`` of shape ``[rows, in]`` -> ``[rows, out]`` (float32).
 
-        One row (decode) of a 4-bit matrix on an AVX-512 host is the GEMV of
-        :mod:`pdlink.compile.gemv_nibbles`. Any other single row is a GEMV: each output row is read in order, whole quantization blocks at
+        One row (decode) of a block-quantized matrix on an AVX-512 host is the GEMV of
+        :mod:`pdlink.compile.gemv_words`. Any other single row is a GEMV: each output row is read in order, whole quantization blocks at
         a time, into independent vector accumulators (per-block scales widened to float32 once per
         row), then summed as a tree; the schedule vectorizes straight from the packed weights. More
         rows (prefill, batches) are a
@@ -77,9 +77,9 @@ class FormattedMatrix(nn.Module):
         suffixes, fmt, n_in, n_out = self.suffixes, self.fmt, self.in_features, self.out_features
         single_row = isinstance(x.shape[0], int) and x.shape[0] == 1
         form = self.form
-        if single_row and self.nibble_gemv:
+        if single_row and self.use_word_gemv:
             scale_dtype = self.fmt.array_specs(n_out, n_in)["scale"][1]
-            func = nibble_gemv(fmt.name, n_in, n_out, scale_dtype)
+            func = word_gemv(fmt.name, n_in, n_out, scale_dtype)
             out = nn.Tensor.placeholder((1, n_out), "float32")
             return nn.tensor_ir_op(func, name, [x, *self._arrays()], out)
 
