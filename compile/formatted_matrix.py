@@ -78,10 +78,7 @@ class FormattedMatrix(nn.Module):
         single_row = isinstance(x.shape[0], int) and x.shape[0] == 1
         form = self.form
         if single_row and self.use_word_gemv:
-            scale_dtype = self.fmt.array_specs(n_out, n_in)["scale"][1]
-            func = word_gemv(fmt.name, n_in, n_out, scale_dtype)
-            out = nn.Tensor.placeholder((1, n_out), "float32")
-            return nn.tensor_ir_op(func, name, [x, *self._arrays()], out)
+            return self._word_gemv(x, name, swiglu=False)
 
         def compute(xt: te.Tensor, *arrays: te.Tensor):
             named = dict(zip(suffixes, arrays))
@@ -95,6 +92,20 @@ class FormattedMatrix(nn.Module):
             return _gemv(xt, element, n_in, n_out) if form == "cpu" else _gemv_lanes(xt, element, n_in, n_out)
 
         return nn.tensor_expr_op(compute, name, [x, *self._arrays()])
+
+    def matmul_swiglu(self, x: nn.Tensor, name: str) -> nn.Tensor | None:
+        """``silu(gate) * up`` of the two halves of ``x @ W.T``, ``[1, out / 2]``, in one kernel
+        for a single row on hosts with the word GEMV; None where that kernel does not apply."""
+        if not (self.use_word_gemv and isinstance(x.shape[0], int) and x.shape[0] == 1):
+            return None
+        return self._word_gemv(x, name, swiglu=True)
+
+    def _word_gemv(self, x: nn.Tensor, name: str, swiglu: bool) -> nn.Tensor:
+        n_in, n_out = self.in_features, self.out_features
+        scale_dtype = self.fmt.array_specs(n_out, n_in)["scale"][1]
+        func = word_gemv(self.fmt.name, n_in, n_out, scale_dtype, swiglu=swiglu)
+        out = nn.Tensor.placeholder((1, n_out // 2 if swiglu else n_out), "float32")
+        return nn.tensor_ir_op(func, name, [x, *self._arrays()], out)
 
     def rows(self, ids: nn.Tensor, name: str) -> nn.Tensor:
         """Rows ``W[ids]`` as float32 ``[len(ids), in]`` (embedding lookup)."""

@@ -174,15 +174,31 @@ def _row_value(packing: Packing, offset, xp, xs, q32, scale, minimum, o, words: 
     return tirx.Shuffle([scalar], [0]) if width > 1 else scalar
 
 
-def word_gemv(fmt_name: str, n_in: int, n_out: int, scale_dtype: str):
-    """PrimFunc ``(x[1, n_in], q, scale[, min], out[1, n_out])`` for ``fmt_name`` in FORMATS."""
+def word_gemv(fmt_name: str, n_in: int, n_out: int, scale_dtype: str, swiglu: bool = False):
+    """PrimFunc ``(x[1, n_in], q, scale[, min], out)`` for ``fmt_name`` in FORMATS: ``out = x @ W.T``
+    of shape ``[1, n_out]``, or with ``swiglu`` ``silu(gate) * up`` of its halves, ``[1, n_out / 2]``."""
     packing, offset = FORMATS[fmt_name]
     groups, words, per_word = n_in // GROUP, n_in // packing.per_word, packing.per_word
     q_dtype, q_cols = ("int8", n_in) if packing.signed else ("uint8", n_in // 2)
     word_dtype = "int32" if packing.signed else "uint32"
-    tiles = (n_out + O_TILE - 1) // O_TILE
+    rows = n_out // 2 if swiglu else n_out
+    tiles = (rows + O_TILE - 1) // O_TILE
     per_block = packing.words_per_block
     value_offset = packing.offset
+
+    def row(xp, xs, q32, scale, minimum, o):
+        return _row_value(packing, offset, xp, xs, q32, scale, minimum, o, words)
+
+    @T.macro
+    def store_plain(xp, xs, q32, scale, minimum, out, o):
+        out[0, o] = row(xp, xs, q32, scale, minimum, o)
+
+    @T.macro
+    def store_swiglu(xp, xs, q32, scale, minimum, out, o):
+        gate: T.let[T.float32] = row(xp, xs, q32, scale, minimum, o)
+        out[0, o] = gate * T.sigmoid(gate) * row(xp, xs, q32, scale, minimum, o + rows)
+
+    store = store_swiglu if swiglu else store_plain
 
     @T.macro
     def body(x, q, scale, minimum, out):
@@ -197,14 +213,14 @@ def word_gemv(fmt_name: str, n_in: int, n_out: int, scale_dtype: str):
         q32 = T.decl_buffer((n_out, words), word_dtype, data=q.data)
         for t in T.parallel(tiles):
             for oi in T.serial(O_TILE):
-                if t * O_TILE + oi < n_out:
-                    out[0, t * O_TILE + oi] = _row_value(packing, offset, xp, xs, q32, scale, minimum, t * O_TILE + oi, words)
+                if t * O_TILE + oi < rows:
+                    store(xp, xs, q32, scale, minimum, out, t * O_TILE + oi)
 
     if offset != "min":
 
         @T.prim_func(private=True, s_tir=True)
         def gemv_scaled(x: T.Buffer((1, n_in), "float32"), q: T.Buffer((n_out, q_cols), q_dtype),
-                        scale: T.Buffer((n_out, groups), scale_dtype), out: T.Buffer((1, n_out), "float32")):
+                        scale: T.Buffer((n_out, groups), scale_dtype), out: T.Buffer((1, rows), "float32")):
             T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
             body(x, q, scale, scale, out)
 
@@ -213,7 +229,7 @@ def word_gemv(fmt_name: str, n_in: int, n_out: int, scale_dtype: str):
     @T.prim_func(private=True, s_tir=True)
     def gemv(x: T.Buffer((1, n_in), "float32"), q: T.Buffer((n_out, q_cols), q_dtype),
              scale: T.Buffer((n_out, groups), scale_dtype), minimum: T.Buffer((n_out, groups), scale_dtype),
-             out: T.Buffer((1, n_out), "float32")):
+             out: T.Buffer((1, rows), "float32")):
         T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
         body(x, q, scale, minimum, out)
 
