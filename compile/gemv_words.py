@@ -179,7 +179,7 @@ def word_gemv(fmt_name: str, n_in: int, n_out: int, scale_dtype: str, swiglu: bo
     of shape ``[1, n_out]``, or with ``swiglu`` ``silu(gate) * up`` of its halves, ``[1, n_out / 2]``."""
     packing, offset = FORMATS[fmt_name]
     groups, words, per_word = n_in // GROUP, n_in // packing.per_word, packing.per_word
-    q_dtype, q_cols = ("int8", n_in) if packing.signed else ("uint8", n_in // 2)
+    q_dtype = "int8" if packing.signed else "uint8"
     word_dtype = "int32" if packing.signed else "uint32"
     rows = n_out // 2 if swiglu else n_out
     tiles = (rows + O_TILE - 1) // O_TILE
@@ -216,7 +216,13 @@ def word_gemv(fmt_name: str, n_in: int, n_out: int, scale_dtype: str, swiglu: bo
                 if t * O_TILE + oi < rows:
                     store(xp, xs, q32, scale, minimum, out, t * O_TILE + oi)
 
-    if offset != "min":
+    return _entry_point(body, n_in, n_out, rows, q_dtype, scale_dtype, with_min=offset == "min")
+
+
+def _entry_point(body, n_in: int, n_out: int, rows: int, q_dtype: str, scale_dtype: str, with_min: bool):
+    """The PrimFunc around ``body``: ``(x, q, scale, min, out)`` or, without a min array, ``(x, q, scale, out)``."""
+    groups, q_cols = n_in // GROUP, n_in if q_dtype == "int8" else n_in // 2
+    if not with_min:
 
         @T.prim_func(private=True, s_tir=True)
         def gemv_scaled(x: T.Buffer((1, n_in), "float32"), q: T.Buffer((n_out, q_cols), q_dtype),
