@@ -20,7 +20,9 @@ and the merge below. What makes them fast:
 * RoPE (``rotary_mode == 1``) applied once per loaded query/key row, not per (query, key) pair.
 
 Sliding-window variants, and head sizes that are not a multiple of 16, stay on the built-in
-kernels. :func:`cpu_attention_kernels` puts the factories in place while the KV cache is created.
+kernels. The split of the fused QKV rows with RoPE (``tir_split_rotary``) is replaced too, by
+:mod:`pdlink.compile.rope`. :func:`cpu_attention_kernels` puts the factories in place while the KV
+cache is created.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from tvm.script import tirx as T
 
 from pdlink.compile.attention_decode import attention_decode_cpu
 from pdlink.compile.attention_prefill import attention_prefill_cpu, attention_prefill_ragged_cpu
+from pdlink.compile.rope import split_rotary_cpu
 
 __all__ = ["attention_decode_cpu", "attention_prefill_cpu", "attention_prefill_ragged_cpu", "cpu_attention_kernels", "merge_state_inplace_cpu"]
 
@@ -71,13 +74,15 @@ def cpu_attention_kernels():
     ``TIRPagedKVCache.__init__`` looks its kernel factories up as globals of
     ``tvm.relax.frontend.nn.llm.kv_cache`` when it runs, so they are swapped there for the
     duration of the block and restored afterwards (also on error). Only the ``llvm`` branch uses
-    these four names; GPU targets are unaffected either way.
+    the four attention names; the RoPE factory is shared with GPU branches, so enter the block
+    for ``llvm`` targets only.
     """
     swaps = {
         "_attention_prefill_ragged_cpu": attention_prefill_ragged_cpu,
         "_attention_prefill_cpu": attention_prefill_cpu,
         "_attention_decode_cpu": attention_decode_cpu,
         "_merge_state_inplace_cpu": merge_state_inplace_cpu,
+        "llama_rope_with_position_map": split_rotary_cpu,
     }
     saved = {name: getattr(_kv, name) for name in swaps}
     try:

@@ -13,6 +13,7 @@ import contextvars
 from tvm import te, tirx
 from tvm.relax.frontend import nn
 
+from pdlink.compile.gemv_words import supports_word_gemv, word_gemv
 from pdlink.compile.schedule import (
     BLOCK_PARAMS_BLOCK,
     DEQUANT_BLOCK,
@@ -28,18 +29,19 @@ from pdlink.compile.schedule import (
 from pdlink.compile.weight_format import GROUP, WeightFormat
 
 # The matmul form of matrices made now (see ``matmul_forms``).
-_FORM = contextvars.ContextVar("pdlink_matmul_form", default="cpu")
+_FORM = contextvars.ContextVar("pdlink_matmul_form", default=("cpu", None))
 FORMS = ("cpu", "portable", "plain")
 
 
 @contextlib.contextmanager
-def matmul_forms(form: str):
+def matmul_forms(form: str, target=None):
     """Matrices created inside get ``form``: "cpu" (shaped for pdlink's CPU schedules),
     "portable" (lane-interleaved GEMV that dlight's GPU rules schedule) or "plain" (one sum per
-    output, unscheduled: the untuned reference)."""
+    output, unscheduled: the untuned reference). With "cpu", a ``target`` that has AVX-512 gives
+    block-quantized matrices the shuffle-free GEMV of :mod:`pdlink.compile.gemv_words` for single rows."""
     if form not in FORMS:
         raise ValueError(f"unknown matmul form {form!r}; choose one of {FORMS}")
-    token = _FORM.set(form)
+    token = _FORM.set((form, target))
     try:
         yield
     finally:
@@ -51,7 +53,8 @@ class FormattedMatrix(nn.Module):
 
     def __init__(self, out_features: int, in_features: int, fmt: WeightFormat):
         self.out_features, self.in_features, self.fmt = out_features, in_features, fmt
-        self.form = _FORM.get()
+        self.form, target = _FORM.get()
+        self.use_word_gemv = self.form == "cpu" and supports_word_gemv(fmt.name, in_features, target)
         self.suffixes = []
         for suffix, (shape, dtype) in fmt.array_specs(out_features, in_features).items():
             setattr(self, suffix, nn.Parameter(shape, dtype))
@@ -63,7 +66,8 @@ class FormattedMatrix(nn.Module):
     def matmul_nt(self, x: nn.Tensor, name: str) -> nn.Tensor:
         """``x @ W.T`` for ``x`` of shape ``[rows, in]`` -> ``[rows, out]`` (float32).
 
-        One row (decode) is a GEMV: each output row is read in order, whole quantization blocks at
+        One row (decode) of a block-quantized matrix on an AVX-512 host is the GEMV of
+        :mod:`pdlink.compile.gemv_words`. Any other single row is a GEMV: each output row is read in order, whole quantization blocks at
         a time, into independent vector accumulators (per-block scales widened to float32 once per
         row), then summed as a tree; the schedule vectorizes straight from the packed weights. More
         rows (prefill, batches) are a
@@ -73,6 +77,8 @@ class FormattedMatrix(nn.Module):
         suffixes, fmt, n_in, n_out = self.suffixes, self.fmt, self.in_features, self.out_features
         single_row = isinstance(x.shape[0], int) and x.shape[0] == 1
         form = self.form
+        if single_row and self.use_word_gemv:
+            return self._word_gemv(x, name, swiglu=False)
 
         def compute(xt: te.Tensor, *arrays: te.Tensor):
             named = dict(zip(suffixes, arrays))
@@ -86,6 +92,20 @@ class FormattedMatrix(nn.Module):
             return _gemv(xt, element, n_in, n_out) if form == "cpu" else _gemv_lanes(xt, element, n_in, n_out)
 
         return nn.tensor_expr_op(compute, name, [x, *self._arrays()])
+
+    def matmul_swiglu(self, x: nn.Tensor, name: str) -> nn.Tensor | None:
+        """``silu(gate) * up`` of the two halves of ``x @ W.T``, ``[1, out / 2]``, in one kernel
+        for a single row on hosts with the word GEMV; None where that kernel does not apply."""
+        if not (self.use_word_gemv and isinstance(x.shape[0], int) and x.shape[0] == 1):
+            return None
+        return self._word_gemv(x, name, swiglu=True)
+
+    def _word_gemv(self, x: nn.Tensor, name: str, swiglu: bool) -> nn.Tensor:
+        n_in, n_out = self.in_features, self.out_features
+        scale_dtype = self.fmt.array_specs(n_out, n_in)["scale"][1]
+        func = word_gemv(self.fmt.name, n_in, n_out, scale_dtype, swiglu=swiglu)
+        out = nn.Tensor.placeholder((1, n_out // 2 if swiglu else n_out), "float32")
+        return nn.tensor_ir_op(func, name, [x, *self._arrays()], out)
 
     def rows(self, ids: nn.Tensor, name: str) -> nn.Tensor:
         """Rows ``W[ids]`` as float32 ``[len(ids), in]`` (embedding lookup)."""

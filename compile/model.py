@@ -32,6 +32,13 @@ class Linear(nn.Module):
         out = self.w.matmul_nt(flat, "linear")
         return nn.op.reshape(out, lead + [self.w.out_features])
 
+    def swiglu(self, x: nn.Tensor) -> nn.Tensor | None:
+        """``silu(gate) * up`` of this layer's output halves in one kernel, or None (see
+        ``FormattedMatrix.matmul_swiglu``)."""
+        lead = list(x.shape[:-1])
+        out = self.w.matmul_swiglu(nn.op.reshape(x, [-1, x.shape[-1]]), "linear_swiglu")
+        return None if out is None else nn.op.reshape(out, lead + [self.w.out_features // 2])
+
 
 class RMSNorm(nn.Module):
     def __init__(self, size: int, eps: float):
@@ -62,6 +69,9 @@ class MLP(nn.Module):
         self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, fmt)
 
     def forward(self, x: nn.Tensor) -> nn.Tensor:
+        fused = self.gate_up_proj.swiglu(x)
+        if fused is not None:
+            return self.down_proj(fused)
         gate, up = nn.op.split(self.gate_up_proj(x), 2, axis=-1)
         return self.down_proj(nn.op.silu(gate) * up)
 
@@ -86,7 +96,7 @@ class LlamaForCausalLM(nn.Module):
         slower: it exists to check that tuning changes nothing). See ``matmul_forms``."""
         self.cfg, self.target = cfg, target
         form = "plain" if not tuned else "cpu" if target.kind.name == "llvm" else "portable"
-        with matmul_forms(form):
+        with matmul_forms(form, target):
             self.embed_tokens = FormattedMatrix(cfg.vocab_size, cfg.hidden_size, quant.embedding_format)
             self.layers = nn.ModuleList([DecoderLayer(cfg, quant.linear_format) for _ in range(cfg.num_hidden_layers)])
             self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
