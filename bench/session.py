@@ -1,9 +1,9 @@
 """``pdlink bench session``: TTFT, shown-token gaps and cloud usage of pd vs device vs cloud mode.
 
-One cloud server on loopback with its own thread budget -- by default the model compiled at float32
-(the cloud serves full precision, the device its 4-bit package; ``--cloud-backend package`` puts the
-device's own package on both sides, so pd equals device token for token) -- and one device session (its
-own thread budget) emulating a phone-class device. For each prompt length (real text), the same prompt
+One cloud server on loopback with its own thread budget -- by default the device's own 4-bit package,
+so pd equals device token for token (``--cloud-backend package-f32`` serves the model compiled at
+float32, ``torch`` the transformers backend) -- and one device session (its own thread budget)
+emulating a phone-class device. For each prompt length (real text), the same prompt
 runs in device, pd and cloud mode; ``session.json`` holds every figure, plus one timeline plot per
 length (pd mode) and a TTFT-vs-length plot. Then a torch cloud (the backend that scores prompts)
 serves the prompt-refinement measurements: speed and fidelity (``bench/session_refinement.py``).
@@ -22,10 +22,10 @@ import numpy as np
 from pdlink.edge.real_text import build_prompt
 
 MODES = ("device", "pd", "cloud")
-# package-f32: the model compiled at full precision (the cloud serves float32, the device 4-bit);
 # package: the device's own package (the same model both sides: pd equals device token for token);
-# torch: transformers float32 (decodes ~85 ms/token on one core here, slower than the shown pace).
-CLOUD_BACKENDS = ("package-f32", "package", "torch")
+# package-f32: the model compiled at float32 (as fast to prefill here, 1.5-2x slower to decode);
+# torch: transformers float32 (prefills fastest here, but decodes at ~65-85 ms/token: gaps).
+CLOUD_BACKENDS = ("package", "package-f32", "torch")
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class SessionBenchConfig:
     device_threads: int = 1
     cloud_threads: int = 2  # the emulated device needs a fraction of its core: it mostly waits out the profile
     package: str | None = None  # default: the q4_1 package of the default model, built on demand
-    cloud_backend: str = "package-f32"  # the cloud's model: see CLOUD_BACKENDS
+    cloud_backend: str = "package"  # the cloud's model: see CLOUD_BACKENDS
     refinement: bool = True  # measure prompt refinement (on a torch cloud: it scores the prompt)
 
     def __post_init__(self):
@@ -163,8 +163,8 @@ def _report(cfg: SessionBenchConfig, runs: dict, machine: dict, session) -> dict
         "host_slower_steps": {length: {m: r[m]["emulation"]["device"].get("host_slower_steps") for m in MODES}
                               for length, r in runs.items()},
         "pd_equals_device": {length: r["pd"]["token_ids"] == r["device"]["token_ids"] for length, r in runs.items()},
-        "pd_equals_device_note": "expected only with --cloud-backend package (the same model on both sides); "
-                                 "a float32 cloud (package-f32, torch) differs from the 4-bit device in some tokens",
+        "pd_equals_device_note": "expected with --cloud-backend package (the same model on both sides); a "
+                                 "float32 cloud (package-f32, torch) differs from the 4-bit device in some tokens",
         "config": asdict(cfg),
         "threads": {"device_engine": cfg.device_threads, "cloud_server": cfg.cloud_threads,
                     "note": "device and cloud share this machine's cores, each with its own thread budget; the "

@@ -3,8 +3,9 @@ what it costs (answer fidelity), on real text under the same emulation as the re
 
 - speed: pd with and without refinement, settings chosen by the closed form, a longer answer (end of
   turn ignored) so the hand-over can happen at all on a phone-class device;
-- fidelity: the same prompt with the cloud limited to ``FIDELITY_K`` tokens, so in both runs the device
-  writes the rest: the token agreement of its continuation isolates what dropping tokens changed;
+- fidelity: several prompts with the cloud limited to ``FIDELITY_K`` tokens, so in both runs the device
+  writes the rest of the (naturally ending) answer: the agreement of its continuation isolates what
+  dropping prompt tokens changed;
 - retrieval: a fact planted mid-document and asked for at the end, the cloud giving one token only:
   does the device still answer it from the refined prompt, and did the scores keep the fact's tokens?
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 LENGTH = 1024
 KEEP_RATIO = 0.5
 SPEED_TOKENS = 384
-FIDELITY_K, FIDELITY_TOKENS = 16, 128
+FIDELITY_K, FIDELITY_TOKENS, FIDELITY_PROMPTS = 4, 128, 4
 RETRIEVAL_TOKENS = 24
 
 
@@ -30,16 +31,11 @@ def measure_refinement(session, out: Path) -> dict:
     plot_timeline(session.last.timeline, out / f"session-timeline-refined-{LENGTH}.png",
                   f"pd with prompt refinement (keep {KEEP_RATIO:.0%}), {len(ids)} prompt tokens: hand-over "
                   f"{speed['refined']['handover_index']}, cloud busy {speed['refined']['cloud_busy_s']} s")
-    fidelity = {name: _run(session, ids, refine, FIDELITY_TOKENS, k=FIDELITY_K)
-                for name, refine in (("full", "off"), ("refined", "on"))}
     return {
         "prompt_tokens": len(ids), "keep_ratio": KEEP_RATIO,
         "speed": {**speed, "cloud_busy_ratio_refined_vs_full": _ratio(speed, "cloud_busy_s"),
                   "note": f"settings by the closed form, {SPEED_TOKENS}-token answers"},
-        "fidelity": {**{n: {k: v for k, v in r.items() if k != "token_ids"} for n, r in fidelity.items()},
-                     **agreement(fidelity["full"]["token_ids"], fidelity["refined"]["token_ids"], FIDELITY_K),
-                     "note": f"the cloud gives {FIDELITY_K} tokens in both runs; the device continues from the "
-                             "full or the refined prompt"},
+        "fidelity": _fidelity(session),
         "retrieval": _retrieval(session),
     }
 
@@ -56,6 +52,25 @@ def _run(session, ids, refine: str, max_tokens: int, k: int | None = None, mode:
             "cloud_busy_s": r.cloud_busy_s, "max_gap_s": r.max_gap_s, "e2e_s": r.e2e_s, "fallback": r.fallback,
             "k": j["settings"]["k"],
             "refinement": j["refinement"], "token_ids": r.token_ids, "text": r.text}
+
+
+def _fidelity(session) -> dict:
+    """Full vs refined prompt on ``FIDELITY_PROMPTS`` prompts: how much of the device's continuation agrees."""
+    from pdlink.edge.real_text import build_prompt
+
+    per_prompt = []
+    for n in range(FIDELITY_PROMPTS):
+        ids = build_prompt(session.tokenizer, LENGTH, skip_tokens=n * LENGTH)
+        runs = {name: _run(session, ids, refine, FIDELITY_TOKENS, k=FIDELITY_K, ignore_eos=False)
+                for name, refine in (("full", "off"), ("refined", "on"))}
+        per_prompt.append({**agreement(runs["full"]["token_ids"], runs["refined"]["token_ids"], FIDELITY_K),
+                           "handover_s": {name: r["handover_s"] for name, r in runs.items()},
+                           "texts": {name: r["text"] for name, r in runs.items()}})
+    shares = [p["equal_token_share"] for p in per_prompt if p["equal_token_share"] is not None]
+    return {"prompts": per_prompt, "mean_equal_token_share": sum(shares) / len(shares) if shares else None,
+            "identical_answers": sum(p["common_prefix_tokens"] == max(p["compared_tokens"]) for p in per_prompt),
+            "note": f"the cloud gives {FIDELITY_K} tokens in both runs, then the device answers (to its end of "
+                    "turn) from the full or the refined prompt"}
 
 
 def _ratio(runs: dict, key: str) -> float | None:

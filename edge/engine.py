@@ -9,6 +9,7 @@ engine from one thread at a time (its VM calls release the GIL, so other threads
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +102,7 @@ class Engine:
         )
         self._lengths: dict[int, int] = {}
         self._next_id = 0
+        self._pool_threads = {threading.get_ident()}  # threads whose TVM pool is sized (see _forward)
 
     def _kv_cache_args(self) -> tuple[int, ...]:
         total = self.context_window * self.cfg.max_num_sequences
@@ -196,6 +198,11 @@ class Engine:
     # ------------------------------------------------------------------ compute
 
     def _forward(self, fn: str, seq_ids: list[int], lengths: list[int], *inputs) -> np.ndarray:
+        if threading.get_ident() not in self._pool_threads:
+            # TVM keeps one thread pool per calling thread: a pool never sized falls back to half the
+            # cores on x86, so a server's model worker thread ran prefill on 1 of 2 threads.
+            _configure_thread_pool(self._tvm, self.num_threads)
+            self._pool_threads.add(threading.get_ident())
         st = self._tvm.runtime.ShapeTuple
         self._kv_fn["begin_forward"](self.kv, st(seq_ids), st(lengths))
         try:

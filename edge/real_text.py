@@ -16,18 +16,20 @@ def real_text(min_chars: int) -> str:
     return text
 
 
-def prompt_of_length(tokenizer_encode, num_tokens: int) -> list[int]:
-    """Exactly ``num_tokens`` token ids of real text (raw, no chat template)."""
-    ids = tokenizer_encode(real_text(num_tokens * 8))
-    if len(ids) < num_tokens:
-        raise ValueError(f"real text too short for {num_tokens} tokens")
-    return ids[:num_tokens]
+def prompt_of_length(tokenizer_encode, num_tokens: int, skip_tokens: int = 0) -> list[int]:
+    """Exactly ``num_tokens`` token ids of real text (raw, no chat template), after the first ``skip_tokens``."""
+    ids = tokenizer_encode(real_text((skip_tokens + num_tokens) * 8))
+    if len(ids) < skip_tokens + num_tokens:
+        raise ValueError(f"real text too short for {skip_tokens} + {num_tokens} tokens")
+    return ids[skip_tokens:skip_tokens + num_tokens]
 
 
-def build_prompt(tokenizer, num_tokens: int, instruction: str = "Summarize the following text.") -> list[int]:
-    """A chat prompt of about ``num_tokens`` tokens: an instruction and real text cut to fit."""
+def build_prompt(tokenizer, num_tokens: int, instruction: str = "Summarize the following text.",
+                 skip_tokens: int = 0) -> list[int]:
+    """A chat prompt of about ``num_tokens`` tokens: an instruction and real text cut to fit (from token
+    ``skip_tokens`` of the text on, for prompts that differ)."""
     overhead = len(tokenizer.encode_chat(instruction + "\n\n"))
-    body = tokenizer.decode(prompt_of_length(tokenizer.encode, max(8, num_tokens - overhead)))
+    body = tokenizer.decode(prompt_of_length(tokenizer.encode, max(8, num_tokens - overhead), skip_tokens))
     return tokenizer.encode_chat(instruction + "\n\n" + body)
 
 

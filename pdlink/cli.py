@@ -202,9 +202,9 @@ def _add_bench(sub) -> None:
     ss.add_argument("--device-profile", default="phone")
     ss.add_argument("--net-rtt-ms", type=float, default=40.0)
     ss.add_argument("--package", default=None, help="compiled package (default: q4_1 of SmolLM2, built on demand)")
-    ss.add_argument("--cloud-backend", choices=("package-f32", "package", "torch"), default="package-f32",
-                    help="the cloud's model: the float32 package (default), the device's own 4-bit package "
-                         "(same model both sides: pd == device) or transformers float32")
+    ss.add_argument("--cloud-backend", choices=("package", "package-f32", "torch"), default="package",
+                    help="the cloud's model: the device's own 4-bit package (default; pd == device), the "
+                         "float32 package, or transformers float32")
     ss.add_argument("--no-refinement", action="store_true", help="skip the prompt-refinement measurements")
     ss.add_argument("--cloud-threads", type=int, default=2, help="the cloud server's thread budget")
     ss.add_argument("--device-threads", type=int, default=1, help="the device engine's thread budget")
