@@ -65,11 +65,14 @@ class Backend(ABC):
     def track_attention(self, seq_id: int, window: int) -> None:
         """Keep what ``prompt_importance`` needs for ``seq_id`` (call before its prefill). Backends that
         cannot score prompts (``supports_refinement`` False) raise ``BackendError``."""
-        raise BackendError(f"the {self.info.get('backend', type(self).__name__)} backend does not score prompts")
+        raise self._cannot_score()
 
     def prompt_importance(self, seq_id: int) -> np.ndarray:
         """Per cached position of ``seq_id``: the attention mass the last tracked window puts on it."""
-        raise BackendError(f"the {self.info.get('backend', type(self).__name__)} backend does not score prompts")
+        raise self._cannot_score()
+
+    def _cannot_score(self) -> BackendError:
+        return BackendError(f"the {self.info.get('backend', type(self).__name__)} backend does not score prompts")
 
     @property
     @abstractmethod

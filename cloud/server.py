@@ -260,9 +260,10 @@ class CloudServer:
         self.metrics.prompt_tokens.inc(len(ids))
 
     def _refine_spec(self, msg: PrefillRequest) -> RefineSpec | None:
-        """What to score for a request that asked for ``refine`` (None: not asked, or this backend cannot)."""
+        """What to score for a request that asked for ``refine`` (None: not asked). The scheduler skips it
+        on a backend that cannot score."""
         opts = msg.refine
-        if opts is None or not opts.enabled or not self.backend.supports_refinement:
+        if opts is None or not opts.enabled:
             return None
         return RefineSpec(keep_ratio=opts.keep_ratio, window=opts.window or DEFAULT_WINDOW)
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 import pytest
 
 from pdlink.edge.real_text import planted_fact_text
-from pdlink.cloud.server_process import ServerProcess
 from pdlink.edge.device_profile import DeviceProfile
-from tests.e2e.test_pd_session import make_session
+from tests.e2e.test_pd_session import make_session, serve_model
 
 pytestmark = pytest.mark.e2e
 
@@ -19,14 +18,7 @@ SLOW_DEVICE = DeviceProfile(name="test-device-slow", prefill_tok_s=60.0, decode_
 
 @pytest.fixture(scope="module")
 def torch_server(tmp_path_factory):
-    log = tmp_path_factory.mktemp("refine") / "server.log"
-    proc = ServerProcess("--model", "smollm2-135m", "--threads", "1", "--max-leading-tokens", "256",
-                         "--max-prompt-tokens", "2048", "--ttft-budget-s", "60", log_path=log)
-    try:
-        proc.wait_ready(timeout_s=240)
-        yield proc
-    finally:
-        proc.stop()
+    yield from serve_model("smollm2-135m", tmp_path_factory.mktemp("refine") / "server.log")
 
 
 def test_device_prefills_the_refined_prompt_and_finishes_the_answer(torch_server, q4_1_package):

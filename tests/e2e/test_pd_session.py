@@ -36,16 +36,17 @@ def prompts() -> list[str]:
     return [f"Summarize this text.\n\n{text[i * 5000: i * 5000 + n]}" for i, n in enumerate(sizes)]
 
 
-@pytest.fixture(scope="module")
-def server(q4_1_package, tmp_path_factory):
-    log = tmp_path_factory.mktemp("pd") / "server.log"
-    proc = ServerProcess("--model", str(q4_1_package), "--threads", "1", "--max-leading-tokens", "256",
-                         "--max-prompt-tokens", "2048", "--ttft-budget-s", "60", log_path=log)
-    try:
+def serve_model(model: str, log_path):
+    """A module-scoped server for ``model`` (1 thread, 2k prompts, k up to 256): yields the running process."""
+    with ServerProcess("--model", model, "--threads", "1", "--max-leading-tokens", "256",
+                       "--max-prompt-tokens", "2048", "--ttft-budget-s", "60", log_path=log_path) as proc:
         proc.wait_ready(timeout_s=240)
         yield proc
-    finally:
-        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def server(q4_1_package, tmp_path_factory):
+    yield from serve_model(str(q4_1_package), tmp_path_factory.mktemp("pd") / "server.log")
 
 
 def make_session(package, url: str | None, profile=TEST_DEVICE, network=NetworkEmulation(), **cfg) -> Session:
