@@ -13,7 +13,7 @@ import statistics
 import sys
 import time
 
-from pdlink.edge.real_text import prompt_of_length
+from pdlink.common.real_text import prompt_of_length
 
 
 def _rss_mib() -> float:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pdlink.edge.real_text import build_prompt
+from pdlink.common.real_text import build_prompt
 
 MODES = ("device", "pd", "cloud")
 # package: the device's own package (the same model both sides: pd equals device token for token);

@@ -23,7 +23,7 @@ RETRIEVAL_TOKENS = 24
 
 def measure_refinement(session, out: Path) -> dict:
     """Run the three comparisons on ``session`` (a pd-capable session on a refining cloud); returns the report."""
-    from pdlink.edge.real_text import build_prompt
+    from pdlink.common.real_text import build_prompt
     from pdlink.edge.timeline import plot_timeline
 
     ids = build_prompt(session.tokenizer, LENGTH)
@@ -56,7 +56,7 @@ def _run(session, ids, refine: str, max_tokens: int, k: int | None = None, mode:
 
 def _fidelity(session) -> dict:
     """Full vs refined prompt on ``FIDELITY_PROMPTS`` prompts: how much of the device's continuation agrees."""
-    from pdlink.edge.real_text import build_prompt
+    from pdlink.common.real_text import build_prompt
 
     per_prompt = []
     for n in range(FIDELITY_PROMPTS):
@@ -90,7 +90,7 @@ def agreement(a: list[int], b: list[int], start: int = 0) -> dict:
 
 
 def _retrieval(session) -> dict:
-    from pdlink.edge.real_text import PLANTED_ANSWER, PLANTED_FACT, fact_positions, planted_fact_text
+    from pdlink.common.real_text import PLANTED_ANSWER, PLANTED_FACT, fact_positions, planted_fact_text
     from pdlink.cloud.refinement import kept_fraction_of
 
     ids = session.encode(planted_fact_text(4 * LENGTH))

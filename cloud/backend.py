@@ -14,7 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
-from pdlink.edge.tokenizer import Tokenizer
+from pdlink.common.models import default_model_id
+from pdlink.common.tokenizer import Tokenizer
 
 BACKEND_DEVICES = ("cpu", "cuda", "npu")
 
@@ -81,20 +82,6 @@ class Backend(ABC):
 
     def close(self) -> None:
         """Release the model (optional)."""
-
-
-def default_model_id(model: str) -> str:
-    """The id a server announces for ``--model``: the preset name, or the file/dir name without suffix."""
-    from pdlink.compile.checkpoint import DEFAULT_MODEL
-
-    if model == DEFAULT_MODEL:
-        return model
-    path = Path(model)
-    if (path / "manifest.json").is_file():
-        import json
-
-        return default_model_id(json.loads((path / "manifest.json").read_text()).get("model_source") or path.name)
-    return (path.stem if path.suffix == ".gguf" else path.name).lower() or model
 
 
 def is_package_dir(model: str) -> bool:

@@ -79,7 +79,7 @@ def trace_lengths(cfg: CloudBenchConfig) -> list[tuple[int, int]]:
 
 def build_prompts(tokenizer, lengths: list[int], seed: int) -> list[list[int]]:
     """Chat prompts of (about) the given token lengths: an instruction over a window of real text."""
-    from pdlink.edge.real_text import real_text
+    from pdlink.common.real_text import real_text
 
     text_ids = tokenizer.encode(real_text(max(lengths) * 6 * 8))
     overhead = len(tokenizer.encode_chat(INSTRUCTION))
@@ -92,8 +92,8 @@ def build_prompts(tokenizer, lengths: list[int], seed: int) -> list[list[int]]:
 
 
 async def _one(url, token_hash, ids, k, at, t0, out):
-    from pdlink.cloud.client import CloudClient
-    from pdlink.cloud.protocol import Accepted, Rejected, Token
+    from pdlink.common.client import CloudClient
+    from pdlink.common.protocol import Accepted, Rejected, Token
 
     await asyncio.sleep(max(0.0, t0 + at - time.perf_counter()))
     record = {"prompt_tokens": len(ids), "k": k, "arrival_s": at}

@@ -3,32 +3,16 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pdlink.cloud.backend import BACKEND_DEVICES, default_model_id
-from pdlink.cloud.protocol import DEFAULT_MAX_MESSAGE_BYTES, Limits
+from pdlink.cloud.backend import BACKEND_DEVICES
+from pdlink.common.credentials import AUTH_TOKEN_ENV, load_auth_token  # noqa: F401 -- re-exported
+from pdlink.common.models import default_model_id
+from pdlink.common.protocol import DEFAULT_MAX_MESSAGE_BYTES, Limits
 from pdlink.cloud.scheduler import SchedulerConfig
 
 log = logging.getLogger(__name__)
-
-AUTH_TOKEN_ENV = "PDLINK_AUTH_TOKEN"
-
-
-def load_auth_token(path: str | None) -> str | None:
-    """The bearer token from ``path`` (surrounding whitespace dropped), else ``$PDLINK_AUTH_TOKEN``, else None.
-    Raises ValueError for a missing or empty file."""
-    if path:
-        file = Path(path)
-        if not file.is_file():
-            raise ValueError(f"auth token file {path!r} does not exist")
-        token = file.read_text().strip()
-        if not token:
-            raise ValueError(f"auth token file {path!r} is empty; put the token on its first line")
-        return token
-    return os.environ.get(AUTH_TOKEN_ENV) or None
-
 
 @dataclass(frozen=True, slots=True)
 class CloudConfig:

@@ -13,6 +13,8 @@ import asyncio
 import time
 from pathlib import Path
 
+from pdlink.common.credentials import client_ssl_context, load_auth_token
+
 
 class CloudCLIError(ValueError):
     """A cloud command failed in a way to show the user as one line."""
@@ -20,18 +22,7 @@ class CloudCLIError(ValueError):
 
 def load_token(args) -> str | None:
     """The bearer token of ``args.auth_token_file``, else ``$PDLINK_AUTH_TOKEN``."""
-    from pdlink.cloud.config import load_auth_token
-
     return load_auth_token(getattr(args, "auth_token_file", None))
-
-
-def client_ssl_context(url: str, ca_file: str | None):
-    """None for ws://; for wss:// the system's trust store, or ``ca_file``."""
-    if not url.startswith("wss://"):
-        return None
-    import ssl
-
-    return ssl.create_default_context(cafile=ca_file)
 
 
 def generate_via_cloud(args) -> dict:
@@ -43,8 +34,8 @@ def generate_via_cloud(args) -> dict:
     ``args.model_id`` and ``args.cloud_ca_file``. Returns the engine contract's dict with ``mode: "cloud"``
     and the cloud timings. Raises ``CloudCLIError`` (a ValueError) for anything the user must fix.
     """
-    from pdlink.cloud.client import CloudError
-    from pdlink.cloud.protocol import LocalProtocolError
+    from pdlink.common.client import CloudError
+    from pdlink.common.protocol import LocalProtocolError
 
     url = getattr(args, "cloud", None)
     if not url:
@@ -71,9 +62,9 @@ def _read_prompt(args) -> str:
 
 
 async def _generate(args, url: str) -> dict:
-    from pdlink.cloud.backend import default_model_id
-    from pdlink.cloud.client import CloudClient
-    from pdlink.cloud.protocol import Rejected, SamplingParams, Token
+    from pdlink.common.models import default_model_id
+    from pdlink.common.client import CloudClient
+    from pdlink.common.protocol import Rejected, SamplingParams, Token
 
     prompt, tok = _read_prompt(args), None
     model_id = getattr(args, "model_id", None) or "smollm2-135m"
@@ -138,8 +129,8 @@ async def _generate(args, url: str) -> dict:
 
 
 def _package_tokenizer(package: str):
-    from pdlink.edge.package import load_manifest
-    from pdlink.edge.tokenizer import Tokenizer, end_of_turn_ids
+    from pdlink.common.package import load_manifest
+    from pdlink.common.tokenizer import Tokenizer, end_of_turn_ids
 
     root = Path(package)
     manifest = load_manifest(root, verify_hashes=False)

@@ -19,8 +19,8 @@ class PackageBackend(Backend):
     def __init__(self, package: str, *, model_id: str, threads: int = 0, max_sequences: int = 16,
                  context_window: int = 0):
         from pdlink.edge.engine import Engine, EngineConfig
-        from pdlink.edge.package import PackageError
-        from pdlink.edge.tokenizer import end_of_turn_ids
+        from pdlink.common.package import PackageError
+        from pdlink.common.tokenizer import end_of_turn_ids
 
         if not 1 <= max_sequences <= 256:
             raise BackendError("max_sequences must be in 1..256 for a compiled package")

@@ -7,8 +7,8 @@ import ssl
 import time
 from typing import TextIO
 
-from pdlink.cloud.client import CloudClient, CloudError
-from pdlink.cloud.protocol import Accepted, Done, Rejected, Token
+from pdlink.common.client import CloudClient, CloudError
+from pdlink.common.protocol import Accepted, Done, Rejected, Token
 
 
 async def probe(url: str, *, prompt: str, max_tokens: int = 16, model_id: str = "smollm2-135m",

@@ -10,7 +10,7 @@ import enum
 from typing import Hashable, Sequence
 
 from pdlink.cloud.refinement import RefineSpec
-from pdlink.edge.sampler import Sampler, SamplingParams
+from pdlink.common.sampling import Sampler, SamplingParams
 
 
 class RequestStatus(enum.IntEnum):

@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed
 from pdlink.cloud.backend import Backend, load_backend
 from pdlink.cloud.config import CloudConfig
 from pdlink.cloud.metrics import CONTENT_TYPE, CloudMetrics
-from pdlink.cloud.protocol import (
+from pdlink.common.protocol import (
     PROTOCOL_VERSION, Cancel, ConnectionState, Hello, PrefillRequest, ProtocolViolation, RequestRejected,
     ServerConnection, Stop,
 )
@@ -32,8 +32,8 @@ from pdlink.cloud.request import Request
 from pdlink.cloud.refinement import DEFAULT_WINDOW, RefineSpec
 from pdlink.cloud.scheduler import FinishedOutput, RefinedOutput, Scheduler, TokenOutput
 from pdlink.cloud.worker import ModelWorker
-from pdlink.edge.sampler import SamplingParams
-from pdlink.edge.tokenizer import StreamingDetokenizer
+from pdlink.common.sampling import SamplingParams
+from pdlink.common.tokenizer import StreamingDetokenizer
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class CloudServer:
         cfg = self.cfg
         self._loop, self._shutdown = asyncio.get_running_loop(), asyncio.Event()
         if cfg.warm_up:
-            from pdlink.edge.real_text import real_text
+            from pdlink.common.real_text import real_text
 
             ids = self.tokenizer.encode(real_text(cfg.prefill_chunk_tokens * 8))[:cfg.prefill_chunk_tokens]
             await asyncio.to_thread(self.worker.warm_up, ids)

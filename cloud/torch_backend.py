@@ -20,7 +20,8 @@ import numpy as np
 
 from pdlink.cloud.attention_scorer import AttentionScorer
 from pdlink.cloud.backend import Backend, BackendError
-from pdlink.edge.tokenizer import Tokenizer
+from pdlink.common.models import cache_root
+from pdlink.common.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +43,6 @@ def import_torch(device: str):
         if not torch.npu.is_available():
             raise BackendError("--device npu: torch_npu is installed but sees no NPU")
     return torch
-
-
-def cache_root() -> Path:
-    """Where derived files go: ``$PDLINK_CACHE_DIR``, else ``$XDG_CACHE_HOME/pdlink``, else ``~/.cache/pdlink``."""
-    if os.environ.get("PDLINK_CACHE_DIR"):
-        return Path(os.environ["PDLINK_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pdlink"
 
 
 def checkpoint_tokenizer(ckpt) -> Tokenizer:

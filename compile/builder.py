@@ -1,4 +1,4 @@
-"""``pdlink compile``: checkpoint -> compiled model package (see :mod:`pdlink.edge.package`)."""
+"""``pdlink compile``: checkpoint -> compiled model package (see :mod:`pdlink.common.package`)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pdlink.compile.checkpoint import open_checkpoint
 from pdlink.compile.params import iter_params
 from pdlink.compile.quantization import get_quantization
 from pdlink.compile.target import TargetPreset, get_target_preset
-from pdlink.edge.package import (
+from pdlink.common.package import (
     ENTRY_POINTS,
     MANIFEST,
     SCHEMA_VERSION,
@@ -28,7 +28,7 @@ from pdlink.edge.package import (
     host_cpu_features,
     sha256_file,
 )
-from pdlink.edge.tvm_runtime import require_compiler
+from pdlink.common.tvm_runtime import require_compiler
 
 PARAMS_FILE = "params.safetensors"
 
@@ -61,7 +61,7 @@ def compiler_fingerprint() -> str:
 
     digest = hashlib.sha256()
     root = Path(__file__).resolve().parent.parent
-    for path in [*sorted((root / "compile").glob("*.py")), root / "edge" / "package.py"]:
+    for path in [*sorted((root / "compile").glob("*.py")), root / "common" / "package.py", root / "common" / "model_config.py"]:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pdlink.edge.model_config import LlamaConfig
+from pdlink.common.model_config import LlamaConfig
+from pdlink.common.models import DEFAULT_MODEL
 
-DEFAULT_MODEL = "smollm2-135m"
 _HF_NAMES = {
     "q": "self_attn.q_proj",
     "k": "self_attn.k_proj",

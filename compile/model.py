@@ -17,7 +17,7 @@ from pdlink.compile.attention import cpu_attention_kernels
 from pdlink.compile.formatted_matrix import FormattedMatrix, matmul_forms
 from pdlink.compile.quantization import Quantization
 from pdlink.compile.weight_format import WeightFormat
-from pdlink.edge.model_config import LlamaConfig
+from pdlink.common.model_config import LlamaConfig
 
 
 class Linear(nn.Module):

@@ -7,7 +7,7 @@ from tvm import relax
 from tvm.s_tir import dlight as dl
 
 from pdlink.compile.schedule import schedule_matmul_nt
-from pdlink.edge.package import MAX_BATCH_SIZE
+from pdlink.common.package import MAX_BATCH_SIZE
 
 
 def shape_upper_bounds(prefill_chunk_size: int) -> dict[str, int]:

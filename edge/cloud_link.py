@@ -86,9 +86,9 @@ class CloudLink:
     # ------------------------------------------------------------------ internals
 
     async def _run(self, prompt_ids, k, sampling, stop_ids, refine_keep_ratio) -> None:
-        from pdlink.cloud.client import CloudClient, CloudError
-        from pdlink.cloud.generation import client_ssl_context
-        from pdlink.cloud.protocol import Done, LocalProtocolError, RefineOptions, Rejected, SamplingParams
+        from pdlink.common.client import CloudClient, CloudError
+        from pdlink.common.credentials import client_ssl_context
+        from pdlink.common.protocol import Done, LocalProtocolError, RefineOptions, Rejected, SamplingParams
 
         t0 = time.perf_counter()
         try:

@@ -15,10 +15,11 @@ device measures itself once.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from pdlink.common.models import cache_root
 
 
 @dataclass(frozen=True)
@@ -92,8 +93,7 @@ def named_profile(name: str) -> DeviceProfile:
 
 def profile_store_path(config_hash: str, num_threads: int) -> Path:
     """Where the measured profile of a package (by config hash) at a thread count is kept."""
-    root = Path(os.environ.get("PDLINK_CACHE_DIR") or Path.home() / ".cache" / "pdlink")
-    return root / "profiles" / f"{config_hash[:16]}-t{num_threads}.json"
+    return cache_root() / "profiles" / f"{config_hash[:16]}-t{num_threads}.json"
 
 
 def save_profile(profile: DeviceProfile, path: Path) -> None:
@@ -113,7 +113,7 @@ def load_profile(path: Path) -> DeviceProfile | None:
 
 def measure_profile(engine, lengths: tuple[int, ...] = (256, 1024), decode_steps: int = 16) -> DeviceProfile:
     """Time the real engine: prefill at ``lengths`` and decode steps after the longest; fit the profile."""
-    from pdlink.edge.real_text import prompt_of_length
+    from pdlink.common.real_text import prompt_of_length
 
     rates = {}
     for n in lengths:

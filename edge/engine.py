@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pdlink.edge.package import ENTRY_POINTS, MAX_BATCH_SIZE, Manifest, PackageError, check_runnable_here, load_manifest
+from pdlink.common.package import ENTRY_POINTS, MAX_BATCH_SIZE, Manifest, PackageError, check_runnable_here, load_manifest
 from pdlink.edge.params_file import ParamsFileError, load_params
-from pdlink.edge.tokenizer import Tokenizer
-from pdlink.edge.tvm_runtime import load_tvm
+from pdlink.common.tokenizer import Tokenizer
+from pdlink.common.tvm_runtime import load_tvm
 
 
 SMALL_BATCH = 8  # this many rows or fewer run as single-row decodes (see prefill and batch_decode)

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from pdlink.edge.engine import Engine
-from pdlink.edge.sampler import Sampler, SamplingParams
-from pdlink.edge.tokenizer import StreamingDetokenizer, end_of_turn_ids
+from pdlink.common.sampling import Sampler, SamplingParams
+from pdlink.common.tokenizer import StreamingDetokenizer, end_of_turn_ids
 
 
 @dataclass(frozen=True)

@@ -24,14 +24,14 @@ from typing import AsyncIterator, Iterator
 from pdlink.edge.cloud_link import CloudFailure, CloudLink, CloudTarget
 from pdlink.edge.device_profile import DeviceProfile, named_profile
 from pdlink.edge.emulation import EmulatedDevice, NetworkEmulation
-from pdlink.edge.sampler import Sampler, SamplingParams
+from pdlink.common.sampling import Sampler, SamplingParams
 from pdlink.edge.session_core import SessionCore, SessionState
 from pdlink.edge.session_result import SessionResult, build_result
 from pdlink.edge.session_settings import (
     REFINE_MODES, CloudEstimate, SessionSettings, cloud_tokens_needed, decide_settings, retuned_pace, with_margin,
 )
 from pdlink.edge.timeline import Timeline
-from pdlink.edge.tokenizer import StreamingDetokenizer, end_of_turn_ids
+from pdlink.common.tokenizer import StreamingDetokenizer, end_of_turn_ids
 
 MODES = ("pd", "device", "cloud")
 
@@ -262,7 +262,7 @@ class _Run:
             self.timeline.handover_s = self._now()
 
     def _on_cloud(self, event) -> None:
-        from pdlink.cloud.protocol import Accepted, Done, RefinedPrompt, Token
+        from pdlink.common.protocol import Accepted, Done, RefinedPrompt, Token
 
         now = self._now()
         if isinstance(event, Token):

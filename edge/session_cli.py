@@ -25,7 +25,7 @@ def add_session_arguments(p) -> None:
 
 def build_session(args, max_num_threads: int | None = None):
     """A ``Session`` from parsed arguments (``--package`` required)."""
-    from pdlink.cloud.backend import default_model_id
+    from pdlink.common.models import default_model_id
     from pdlink.cloud.generation import load_token
     from pdlink.edge.cloud_link import CloudTarget
     from pdlink.edge.emulation import NetworkEmulation

@@ -28,7 +28,7 @@ def add_demo_command(sub) -> None:
 
 
 def cmd_demo(args) -> int:
-    from pdlink.edge.real_text import build_prompt
+    from pdlink.common.real_text import build_prompt
     from pdlink.cloud.server_process import ServerProcess
     from pdlink.edge.cloud_link import CloudTarget
     from pdlink.edge.emulation import NetworkEmulation

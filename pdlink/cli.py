@@ -80,7 +80,7 @@ def _read_prompt(args) -> str:
 
 
 def _cmd_generate(args) -> int:
-    from pdlink.edge.sampler import SamplingParams
+    from pdlink.common.sampling import SamplingParams
 
     if args.mode in ("cloud", "pd") and not args.cloud:
         raise CLIError(f"--cloud ws://HOST:PORT is required in {args.mode} mode")
@@ -150,7 +150,7 @@ def _cmd_chat(args) -> int:
     from pdlink.edge.chat import ChatSession, user_lines
     from pdlink.edge.engine import Engine, EngineConfig
     from pdlink.edge.generator import GenerationConfig
-    from pdlink.edge.sampler import SamplingParams
+    from pdlink.common.sampling import SamplingParams
 
     sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     if args.cloud:
@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from pdlink.compile.checkpoint import CheckpointError
     from pdlink.edge.engine import PromptTooLongError
-    from pdlink.edge.package import PackageError
+    from pdlink.common.package import PackageError
 
     try:
         return args.func(args)

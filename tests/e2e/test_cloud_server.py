@@ -16,8 +16,8 @@ import time
 import pytest
 import websockets
 
-from pdlink.cloud.client import CloudClient, CloudError
-from pdlink.cloud.protocol import (
+from pdlink.common.client import CloudClient, CloudError
+from pdlink.common.protocol import (
     PROTOCOL_VERSION, Accepted, Cancel, Done, Error, Hello, Ping, Pong, PrefillRequest, Rejected, SamplingParams,
     Stop, Token, Welcome, decode_server, encode,
 )

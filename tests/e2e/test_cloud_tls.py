@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from pdlink.cloud.client import CloudClient
+from pdlink.common.client import CloudClient
 from pdlink.cloud.config import CloudConfig
 from pdlink.cloud.server import CloudServer
 from pdlink.cloud.server_process import free_port

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pdlink.edge.real_text import planted_fact_text
+from pdlink.common.real_text import planted_fact_text
 from pdlink.edge.device_profile import DeviceProfile
 from tests.e2e.test_pd_session import make_session, serve_model
 

@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from pdlink.edge.real_text import real_text
+from pdlink.common.real_text import real_text
 from pdlink.cloud.server_process import ServerProcess, free_port
 from pdlink.edge.cloud_link import CloudTarget
 from pdlink.edge.device_profile import DeviceProfile
@@ -107,7 +107,7 @@ def test_pd_hand_over_is_lossless_on_ten_prompts(server, q4_1_package, reference
 
 def busy_cloud(url: str, stop: threading.Event, streams: int = 3) -> threading.Thread:
     """Other clients keep the cloud decoding long answers, so it streams our tokens more slowly."""
-    from pdlink.cloud.client import CloudClient
+    from pdlink.common.client import CloudClient
 
     async def one(client):
         while not stop.is_set():

@@ -68,8 +68,8 @@ def agree_or_near_tie(model, prompt, ours, ref) -> int | None:
 
 
 def test_torch_backend_hashes_the_tokenizer_like_a_package(torch_backend, f32_package):
-    from pdlink.edge.package import load_manifest
-    from pdlink.edge.tokenizer import Tokenizer
+    from pdlink.common.package import load_manifest
+    from pdlink.common.tokenizer import Tokenizer
 
     manifest = load_manifest(f32_package, verify_hashes=False)
     package_tok = Tokenizer(f32_package / manifest.tokenizer["file"], manifest.tokenizer)
@@ -116,7 +116,7 @@ def test_torch_backend_logits_match_across_batch_layouts(torch_backend, prompts)
 
 
 def test_torch_backend_scores_prompts_the_same_whatever_the_chunking(torch_backend):
-    from pdlink.edge.real_text import prompt_of_length
+    from pdlink.common.real_text import prompt_of_length
 
     ids = prompt_of_length(torch_backend.tokenizer.encode, 300)
     scores = []
@@ -134,7 +134,7 @@ def test_torch_backend_scores_prompts_the_same_whatever_the_chunking(torch_backe
 
 
 def test_refinement_keeps_a_planted_fact_the_question_asks_for(torch_backend):
-    from pdlink.edge.real_text import PLANTED_FACT, fact_positions, planted_fact_text
+    from pdlink.common.real_text import PLANTED_FACT, fact_positions, planted_fact_text
     from pdlink.cloud.refinement import RefineSpec, kept_fraction_of, select_kept_indices
 
     tok = torch_backend.tokenizer

@@ -7,7 +7,7 @@ import tarfile
 import pytest
 
 from pdlink.compile.target import target_presets
-from pdlink.edge.package import PackageError, check_runnable_here, load_manifest
+from pdlink.common.package import PackageError, check_runnable_here, load_manifest
 from tests.conftest import build_cached_package
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]

@@ -7,7 +7,7 @@ import pytest
 
 from pdlink.edge.engine import PromptTooLongError
 from pdlink.edge.generator import Generation, GenerationConfig, generate
-from pdlink.edge.tokenizer import StreamingDetokenizer
+from pdlink.common.tokenizer import StreamingDetokenizer
 
 pytestmark = pytest.mark.model
 
@@ -116,7 +116,7 @@ def test_stop_strings_cut_the_text_and_the_stream(engine, ids):
 
 
 def test_sampling_with_seed_is_reproducible(engine, ids):
-    from pdlink.edge.sampler import SamplingParams
+    from pdlink.common.sampling import SamplingParams
 
     cfg = GenerationConfig(max_tokens=10, sampling=SamplingParams(temperature=0.8, top_p=0.9, seed=11))
     assert generate(engine, ids, cfg).token_ids == generate(engine, ids, cfg).token_ids

@@ -20,7 +20,7 @@ from typing import Sequence
 import websockets
 from websockets.asyncio.client import connect as ws_connect
 
-from pdlink.cloud.protocol import (
+from pdlink.common.protocol import (
     DEFAULT_MAX_MESSAGE_BYTES, Accepted, ChatMessage, ClientConnection, Done, Error, PrefillRequest,
     ProtocolViolation, RefinedPrompt, RefineOptions, Rejected, SamplingParams, Token, Welcome,
 )

@@ -1,4 +1,4 @@
-"""Wire protocol v1 (pdlink.cloud.protocol): codecs, the server and client state machines. No sockets."""
+"""Wire protocol v1 (pdlink.common.protocol): codecs, the server and client state machines. No sockets."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from pdlink.cloud.protocol import (
+from pdlink.common.protocol import (
     PROTOCOL_VERSION, Accepted, Cancel, ClientConnection, ConnectionState, Done, Error, Hello, Limits,
     LocalProtocolError, Ping, Pong, PrefillRequest, ProtocolError, ProtocolViolation, RefinedPrompt,
     RefineOptions, Rejected, RequestRejected, RequestState, SamplingParams, ServerConnection, Stop, Token,
@@ -750,7 +750,7 @@ def test_client_handshake_errors():
 
 
 def test_prompt_messages_are_a_third_prompt_form():
-    from pdlink.cloud.protocol import ChatMessage
+    from pdlink.common.protocol import ChatMessage
 
     chat = [ChatMessage(role="user", content="hi")]
     assert req(prompt_token_ids=None, prompt_messages=chat).validate() is None

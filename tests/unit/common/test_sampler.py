@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pdlink.edge.sampler import Sampler, SamplingParams
+from pdlink.common.sampling import Sampler, SamplingParams
 
 
 @pytest.mark.parametrize("kwargs", [{"temperature": -1}, {"temperature": float("nan")}, {"top_p": 0}, {"top_p": 1.5}, {"top_k": -2}])

@@ -10,7 +10,7 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pdlink.cloud.protocol import (
+from pdlink.common.protocol import (
     Accepted, Cancel, ClientConnection, ClientMessage, ConnectionState, Done, Error, Hello, Limits, Ping, Pong,
     PrefillRequest, ProtocolError, RefinedPrompt, RefineOptions, Rejected, RequestState, SamplingParams,
     ServerConnection, ServerMessage, Stop, Token, Welcome, decode_client, decode_server, encode,

@@ -19,7 +19,7 @@ import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pdlink.edge.model_config import LlamaConfig
+from pdlink.common.model_config import LlamaConfig
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"

@@ -3,7 +3,7 @@
 Sans-I/O: nothing here touches a socket. Every frame is one JSON object with a ``type`` tag;
 only ``Hello``/``Welcome`` carry the protocol version (docs/protocol.md). Decoding checks syntax
 and field types only; the value rules live in the ``validate()`` methods, which the connection
-objects of :mod:`pdlink.cloud.protocol` apply.
+objects of :mod:`pdlink.common.protocol` apply.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 ``ServerConnection`` and ``ClientConnection`` hold one websocket connection's protocol state. The
 shell (the asyncio server or client) feeds every received text frame to ``receive_frame()``, acts
 on the events it returns, calls the send methods, and writes ``data_to_send()`` to the socket.
-Nothing here does I/O or reads a clock. The messages live in :mod:`pdlink.cloud.protocol_messages`
+Nothing here does I/O or reads a clock. The messages live in :mod:`pdlink.common.protocol_messages`
 and are re-exported from here; docs/protocol.md describes the protocol itself.
 """
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pdlink.edge.package import (
+from pdlink.common.package import (
     ENTRY_POINTS,
     MANIFEST,
     SCHEMA_VERSION,
