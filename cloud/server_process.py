@@ -23,14 +23,14 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class ServerProcess:
-    """``python -m pdlink.cloud.cli serve ...`` started at once; ``wait_ready()`` blocks (bounded) until
+    """``python -m pdlink cloud serve ...`` started at once; ``wait_ready()`` blocks (bounded) until
     it prints its ready line. Use as a context manager; stderr goes to ``log_path``."""
 
     def __init__(self, *serve_args: str, host: str = "127.0.0.1", port: int | None = None,
                  log_path: str | Path | None = None, env: dict | None = None):
         self.host, self.port = host, port or free_port(host)
         self.log_path = Path(log_path) if log_path else None
-        cmd = [sys.executable, "-m", "pdlink.cloud.cli", "serve", "--host", host, "--port", str(self.port), *serve_args]
+        cmd = [sys.executable, "-m", "pdlink", "cloud", "serve", "--host", host, "--port", str(self.port), *serve_args]
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "TVM_THREAD_POOL_SPIN_COUNT": "0", **(env or {})}
         self._log = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, text=True, env=full_env)

@@ -1,41 +1,35 @@
-"""A multi-turn chat over one engine sequence: each turn prefills only what the KV cache lacks."""
+"""A multi-turn conversation over a session: each turn prefills only what the KV cache lacks."""
 
 from __future__ import annotations
 
 from typing import Iterator
 
-from pdlink.edge.engine import Engine
-from pdlink.edge.generator import Generation, GenerationConfig, TokenEvent
+from pdlink.edge.session import Session
+from pdlink.edge.session_run import SessionToken
 
 
-class ChatSession:
-    """Conversation state: the messages and the token ids already in the engine's KV cache."""
+class Conversation:
+    """The messages of one conversation; every turn is a session request in any mode, and the device's
+    KV cache of the earlier turns is reused (prefix reuse), so only the new turn is prefilled."""
 
-    def __init__(self, engine: Engine, cfg: GenerationConfig, system_prompt: str | None = None):
-        self.engine, self.cfg = engine, cfg
+    def __init__(self, session: Session, system_prompt: str | None = None):
+        self.session = session
         self.messages: list[dict] = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        self._seq = engine.add_sequence()
-        self._cached: list[int] = []  # token ids whose KV is in the sequence
+        self.last = None
 
-    def ask(self, user_message: str) -> Iterator[TokenEvent]:
-        """Stream the reply to ``user_message``; the reply is added to the conversation at the end."""
+    def ask(self, user_message: str, **request) -> Iterator[SessionToken]:
+        """Stream the reply to ``user_message`` (``request``: ``GenerationRequest`` fields); the reply joins the
+        conversation at the end and its record is ``last``."""
         self.messages.append({"role": "user", "content": user_message})
-        tok = self.engine.tokenizer
+        tok = self.session.tokenizer
         ids = tok.encode(tok.apply_chat_template(self.messages, add_generation_prompt=True))
-        common = common_prefix_length(self._cached, ids)
-        if common == len(ids):  # prefill needs at least one new token
-            common -= 1
-        self.engine.rollback(self._seq, len(self._cached) - common)
-        gen = Generation(self.engine, ids[common:], self.cfg, seq_id=self._seq)
-        yield from gen
-        self.last = gen.result
-        # The last sampled token was never fed back, so the cache holds everything before it.
-        self._cached = ids + gen.result.token_ids[:-1] if gen.result.token_ids else ids
-        self.messages.append({"role": "assistant", "content": gen.result.text})
-        self.tail_text = gen.tail_text
+        yield from self.session.generate(ids, reuse_kv=True, **request)
+        self.last = self.session.last
+        self.messages.append({"role": "assistant", "content": self.last.text})
 
     def close(self) -> None:
-        self.engine.remove_sequence(self._seq)
+        """Forget the conversation's KV cache."""
+        self.session.release_kv()
 
 
 def user_lines(prompt: str = "> ") -> Iterator[str]:
@@ -48,13 +42,3 @@ def user_lines(prompt: str = "> ") -> Iterator[str]:
         if not line:
             return
         yield line
-
-
-def common_prefix_length(a: list[int], b: list[int]) -> int:
-    """How many leading tokens two id lists share."""
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n

@@ -1,8 +1,10 @@
-"""The cloud side of one P/D request, seen from the device through an (emulated) network.
+"""The cloud side of one P/D request, seen from the device.
 
-``CloudLink.start`` connects, sends the prefill and reads the stream in a background task; every
-event reaches ``inbox`` at the time the emulated link would deliver it, in order. Nothing raises to
-the caller: an unreachable, refusing, rejecting or dropping cloud becomes one ``CloudFailure`` event.
+``CloudLink.start`` connects, sends the prefill request and reads the stream in a background task; every
+event lands in ``inbox`` in order: the cloud's ``Welcome`` first, then its ``Accepted`` / ``Token`` /
+``RefinedPrompt`` / ``Done`` messages. Nothing raises to the caller: an unreachable, refusing, rejecting
+or dropping cloud becomes one ``CloudFailure`` event. A slower network is emulated from outside
+(``pdlink.edge.emulation.EmulatedCloudLink``), never here.
 """
 
 from __future__ import annotations
@@ -11,14 +13,16 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from pdlink.edge.emulation import NetworkEmulation, NetworkLink
-
-_TOKEN_FRAME_BYTES = 110  # a token frame on the wire, about (JSON text + websocket header)
+from pdlink.common.client import CloudClient, CloudError
+from pdlink.common.credentials import client_ssl_context
+from pdlink.common.models import DEFAULT_MODEL
+from pdlink.common.protocol import Done, LocalProtocolError, Rejected
+from pdlink.edge.fallback import Fallback
 
 
 @dataclass(frozen=True)
 class CloudFailure:
-    """The cloud cannot help with this request; ``reason`` says why."""
+    """The cloud cannot help with this request; ``reason`` says why (a ``Fallback`` string)."""
 
     reason: str
 
@@ -29,7 +33,7 @@ class CloudTarget:
 
     url: str
     auth_token: str | None = None
-    model_id: str = "smollm2-135m"
+    model_id: str = DEFAULT_MODEL
     open_timeout_s: float = 10.0
     event_timeout_s: float = 30.0
     ca_file: str | None = None
@@ -38,26 +42,30 @@ class CloudTarget:
 class CloudLink:
     """One request's cloud stream (see the module docstring)."""
 
-    def __init__(self, target: CloudTarget, network: NetworkEmulation, tokenizer_hash: str):
-        self.target, self.network, self.tokenizer_hash = target, network, tokenizer_hash
-        self.inbox: asyncio.Queue = asyncio.Queue()
-        self._down, self._up = NetworkLink(network, 0), NetworkLink(network, 1)
-        self._courier_q: asyncio.Queue = asyncio.Queue()
-        self._tasks: list[asyncio.Task] = []
-        self.client = self.stream = None
-        self.connect_s: float | None = None
-        self.done = None  # the cloud's Done, once it arrived
+    client_name = "pdlink-session"
 
-    def start(self, *, prompt_token_ids: list[int], k: int, sampling, stop_token_ids: list[int],
-              refine_keep_ratio: float = 0.0) -> None:
-        """Connect and send the request in the background; ``refine_keep_ratio > 0`` asks for a refined prompt."""
-        self._tasks = [asyncio.create_task(self._run(prompt_token_ids, k, sampling, stop_token_ids,
-                                                     refine_keep_ratio)),
-                       asyncio.create_task(self._courier())]
+    def __init__(self, target: CloudTarget, tokenizer_hash: str):
+        """``tokenizer_hash``: the device's tokenizer ("" without one: the cloud tokenizes, texts cross)."""
+        self.target, self.tokenizer_hash = target, tokenizer_hash
+        self.inbox: asyncio.Queue = asyncio.Queue()
+        self._task: asyncio.Task | None = None
+        self.client: CloudClient | None = None
+        self.stream = None
+        self.connect_s: float | None = None
+        self.done: Done | None = None  # the cloud's Done, once it arrived
+
+    @property
+    def welcome(self):
+        """The cloud's handshake answer (None before it, or when it never came)."""
+        return self.client.welcome if self.client is not None else None
+
+    def start(self, **request) -> None:
+        """Connect and send the request in the background; ``request``: ``CloudClient.prefill``'s arguments."""
+        self._task = asyncio.create_task(self._run(request))
 
     async def stop(self, after_index: int) -> None:
-        """Ask for no token after ``after_index`` (``-1``: cancel), over the emulated uplink."""
-        await self._wait_uplink(64)
+        """Ask for no token after ``after_index`` (``-1``: cancel)."""
+        await self._uplink(64)
         stream = self.stream
         if stream is None:
             return
@@ -68,72 +76,57 @@ class CloudLink:
 
     async def wait_done(self, timeout_s: float) -> None:
         """Wait (bounded) for the cloud's Done, so its busy time is known."""
-        deadline = time.perf_counter() + timeout_s
-        while self.done is None and self._tasks and not self._tasks[0].done() and time.perf_counter() < deadline:
-            await asyncio.sleep(0.01)
+        if self._task is not None and self.done is None:
+            await asyncio.wait([self._task], timeout=timeout_s)
 
     async def close(self) -> None:
-        """Close the connection and end the background tasks."""
+        """Close the connection and end the background task."""
         if self.client is not None:
             try:
                 await self.client.close()
             except Exception:  # noqa: BLE001
                 pass
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
 
     # ------------------------------------------------------------------ internals
 
-    async def _run(self, prompt_ids, k, sampling, stop_ids, refine_keep_ratio) -> None:
-        from pdlink.common.client import CloudClient, CloudError
-        from pdlink.common.credentials import client_ssl_context
-        from pdlink.common.protocol import Done, LocalProtocolError, RefineOptions, Rejected, SamplingParams
-
+    async def _run(self, request: dict) -> None:
         t0 = time.perf_counter()
         try:
-            await asyncio.sleep(self.network.rtt_ms / 1000)  # TCP and websocket upgrade: one more round trip
+            await self._connecting()
             self.client = await CloudClient.connect(
                 self.target.url, model_id=self.target.model_id, tokenizer_hash=self.tokenizer_hash,
-                auth_token=self.target.auth_token, client_name="pdlink-session",
+                auth_token=self.target.auth_token, client_name=self.client_name,
                 open_timeout_s=self.target.open_timeout_s, event_timeout_s=self.target.event_timeout_s,
                 ssl_context=client_ssl_context(self.target.url, self.target.ca_file))
-            if not self.client.tokenizer_match:
+            if self.tokenizer_hash and not self.client.tokenizer_match:
                 raise CloudError("tokenizer_mismatch", "the cloud's tokenizer differs; token ids cannot cross")
             self.connect_s = time.perf_counter() - t0
-            await self._wait_uplink(8 * len(prompt_ids) + 200)
-            cloud_sampling = SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
-                                            top_k=sampling.top_k, seed=sampling.seed)
-            refine = RefineOptions(keep_ratio=refine_keep_ratio) if refine_keep_ratio > 0 else None
-            self.stream = await self.client.prefill(prompt_token_ids=prompt_ids, max_leading_tokens=k,
-                                                    sampling=cloud_sampling, stop_token_ids=stop_ids, refine=refine)
+            self._deliver(self.client.welcome)
+            await self._uplink(8 * len(request.get("prompt_token_ids") or ()) + 200)
+            self.stream = await self.client.prefill(**request)
             async for event in self.stream:
                 if isinstance(event, Done):
                     self.done = event
-                self._deliver(CloudFailure(f"rejected: {event.reason}") if isinstance(event, Rejected) else event)
+                self._deliver(CloudFailure(Fallback.REJECTED.because(event.reason)) if isinstance(event, Rejected)
+                              else event)
         except CloudError as exc:
-            self._deliver(CloudFailure(f"cloud_error: {exc.code}: {exc.message}"))
+            self._deliver(CloudFailure(Fallback.CLOUD_ERROR.because(f"{exc.code}: {exc.message}")))
         except LocalProtocolError as exc:
-            self._deliver(CloudFailure(f"cloud_refused_request: {exc.message}"))
+            self._deliver(CloudFailure(Fallback.CLOUD_REFUSED_REQUEST.because(exc.message)))
         except TimeoutError:
-            self._deliver(CloudFailure("cloud_timeout"))
+            self._deliver(CloudFailure(Fallback.CLOUD_TIMEOUT.because()))
         except OSError as exc:
-            self._deliver(CloudFailure(f"cloud_unreachable: {exc.strerror or exc}"))
+            self._deliver(CloudFailure(Fallback.CLOUD_UNREACHABLE.because(str(exc.strerror or exc))))
 
     def _deliver(self, event) -> None:
-        now = time.perf_counter()
-        self._courier_q.put_nowait((self._down.delivery_s(now, _TOKEN_FRAME_BYTES), event))
+        """Hand an event to the session (an emulated network delays it)."""
+        self.inbox.put_nowait(event)
 
-    async def _courier(self) -> None:
-        while True:
-            at, event = await self._courier_q.get()
-            delay = at - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            self.inbox.put_nowait(event)
+    async def _connecting(self) -> None:
+        """Before the connection opens (an emulated network waits a round trip here)."""
 
-    async def _wait_uplink(self, nbytes: int) -> None:
-        now = time.perf_counter()
-        delay = self._up.delivery_s(now, nbytes) - now
-        if delay > 0:
-            await asyncio.sleep(delay)
+    async def _uplink(self, nbytes: int) -> None:
+        """Before ``nbytes`` leave for the cloud (an emulated network waits for its link here)."""

@@ -138,3 +138,13 @@ def measure_profile(engine, lengths: tuple[int, ...] = (256, 1024), decode_steps
     return DeviceProfile(name="measured", prefill_tok_s=r0, decode_s_per_token=decode_s,
                          prefill_halving_tokens=halving, source=f"measured here with {engine.num_threads} threads "
                          f"on {time.strftime('%Y-%m-%d')}: prefill {rates}", emulated=False)
+
+
+def stored_or_measured_profile(engine) -> DeviceProfile:
+    """This machine's profile for the engine's package: read from the store, or measured once and stored."""
+    path = profile_store_path(engine.manifest.config_hash, engine.num_threads)
+    profile = load_profile(path)
+    if profile is None:
+        profile = measure_profile(engine)
+        save_profile(profile, path)
+    return profile

@@ -1,15 +1,19 @@
 """Emulation for tests and benchmarks on one machine: a slower device and a slower network.
 
-``EmulatedDevice`` runs every step on the real engine, then waits out the difference to the time the
-named profile's device would need, so a timeline shows that device honestly (the work is real, only
-the speed is the profile's). Steps the host is slower than the profile at are counted, never hidden.
+Both wrap the production path from outside; the session uses them only when asked.
 
-``NetworkLink`` delays messages the way a link with the given RTT, jitter and bandwidth would, keeping
-their order (one TCP stream). Both are labeled in every output that used them.
+``EmulatedDevice`` wraps the engine: every step runs on the real engine, then the difference to the time
+the profile's device would need is waited out, so a timeline shows that device honestly (the work is
+real, only the speed is the profile's). Steps the host is slower than the profile at are counted.
+
+``EmulatedCloudLink`` is a ``CloudLink`` whose messages travel the way a link with the given RTT, jitter
+and bandwidth would carry them, in order (one TCP stream; ``NetworkLink`` per direction). Both are
+labeled in every output that used them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
@@ -17,17 +21,22 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from pdlink.edge.cloud_link import CloudLink, CloudTarget
 from pdlink.edge.device_profile import DeviceProfile
+
+_TOKEN_FRAME_BYTES = 110  # a token frame on the wire, about (JSON text + websocket header)
 
 
 class EmulatedDevice:
-    """The engine calls the session makes (``prefill``/``decode``), each taking the profile's time."""
+    """An engine whose ``prefill``/``decode`` take the profile's time; every other call goes to the engine."""
 
-    def __init__(self, engine, profile: DeviceProfile | None):
-        """``profile=None``: no emulation, the engine's own speed."""
+    def __init__(self, engine, profile: DeviceProfile):
         self.engine, self.profile = engine, profile
         self._interrupt = threading.Event()
         self.reset_stats()
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
 
     def interrupt(self) -> None:
         """End the current emulated wait now (the request is over); the next step waits again."""
@@ -41,12 +50,12 @@ class EmulatedDevice:
 
     def prefill(self, seq_id: int, token_ids: list[int]) -> np.ndarray:
         context = self.engine.num_computed_tokens(seq_id)
-        target = self.profile.prefill_time_s(len(token_ids), context) if self.profile else 0.0
+        target = self.profile.prefill_time_s(len(token_ids), context)
         return self._timed(lambda: self.engine.prefill(seq_id, token_ids), target)
 
     def decode(self, seq_id: int, token_id: int) -> np.ndarray:
         context = self.engine.num_computed_tokens(seq_id)
-        target = self.profile.decode_time_s(context) if self.profile else 0.0
+        target = self.profile.decode_time_s(context)
         return self._timed(lambda: self.engine.decode(seq_id, token_id), target)
 
     def _timed(self, step, target_s: float) -> np.ndarray:
@@ -55,19 +64,16 @@ class EmulatedDevice:
         spent = time.perf_counter() - t0
         self.steps += 1
         self.compute_s += spent
-        if self.profile is not None:
-            if spent > target_s:
-                self.host_slower_steps += 1
-            else:
-                t1 = time.perf_counter()
-                self._interrupt.wait(target_s - spent)
-                self.waited_s += time.perf_counter() - t1
+        if spent > target_s:
+            self.host_slower_steps += 1
+        else:
+            t1 = time.perf_counter()
+            self._interrupt.wait(target_s - spent)
+            self.waited_s += time.perf_counter() - t1
         return logits
 
     def label(self) -> dict:
         """What was emulated, for the output."""
-        if self.profile is None:
-            return {"device_profile": None, "emulated": False}
         return {"device_profile": self.profile.name, "emulated": self.profile.emulated,
                 "profile": self.profile.to_json(), "steps": self.steps,
                 "host_slower_steps": self.host_slower_steps, "compute_s": self.compute_s, "waited_s": self.waited_s}
@@ -112,3 +118,46 @@ class NetworkLink:
         arrival = self._link_free_s + e.rtt_ms / 2000 + self._rng.uniform(0, e.jitter_ms) / 1000
         self._last_s = max(self._last_s, arrival)
         return self._last_s
+
+
+class EmulatedCloudLink(CloudLink):
+    """A ``CloudLink`` over an emulated network: the connection costs a round trip more, the request and
+    the stops wait for the uplink, and every event reaches ``inbox`` when the downlink would deliver it."""
+
+    def __init__(self, target: CloudTarget, tokenizer_hash: str, network: NetworkEmulation):
+        super().__init__(target, tokenizer_hash)
+        self.network = network
+        self._down, self._up = NetworkLink(network, 0), NetworkLink(network, 1)
+        self._in_transit: asyncio.Queue = asyncio.Queue()
+        self._courier: asyncio.Task | None = None
+
+    def start(self, **request) -> None:
+        self._courier = asyncio.create_task(self._carry())
+        super().start(**request)
+
+    async def close(self) -> None:
+        await super().close()
+        if self._courier is not None:
+            self._courier.cancel()
+            await asyncio.gather(self._courier, return_exceptions=True)
+
+    def _deliver(self, event) -> None:
+        now = time.perf_counter()
+        self._in_transit.put_nowait((self._down.delivery_s(now, _TOKEN_FRAME_BYTES), event))
+
+    async def _connecting(self) -> None:
+        await asyncio.sleep(self.network.rtt_ms / 1000)  # TCP and websocket upgrade: one more round trip
+
+    async def _uplink(self, nbytes: int) -> None:
+        now = time.perf_counter()
+        delay = self._up.delivery_s(now, nbytes) - now
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    async def _carry(self) -> None:
+        while True:
+            at, event = await self._in_transit.get()
+            delay = at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            CloudLink._deliver(self, event)

@@ -21,6 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from pdlink.common.reasons import FinishReason
+from pdlink.edge.fallback import Fallback
+from pdlink.edge.session_settings import CloudPlan
 from pdlink.edge.speed_controller import SpeedController
 
 
@@ -82,26 +85,32 @@ class SessionCore:
     """The state machine of one request (see the module docstring)."""
 
     def __init__(self, prompt_ids: list[int], *, max_tokens: int, stop_token_ids: set[int], chunk_size: int,
-                 pace_s: float, max_gap_s: float | None, use_cloud: bool, device_compute: bool = True):
-        """``use_cloud=False``: device mode. ``device_compute=False``: cloud mode (the cloud makes every token)."""
-        if not prompt_ids:
-            raise ValueError("the prompt needs at least one token")
-        if max_tokens < 1 or chunk_size < 1:
-            raise ValueError("max_tokens and chunk_size must be >= 1")
+                 pace_s: float, max_gap_s: float | None, use_cloud: bool, device_compute: bool = True,
+                 cloud_limit: int | None = None, plan: CloudPlan | None = None, fallback: str | None = None,
+                 num_cached_tokens: int = 0):
+        """``use_cloud=False``: device mode (``fallback`` says why, when the settings chose it).
+        ``device_compute=False``: cloud mode (the cloud makes every token; the prompt may be empty then, when
+        only the cloud tokenizes it). ``cloud_limit``: the k the cloud was asked for; ``plan``: the pd
+        decisions still to make. ``num_cached_tokens``: leading prompt tokens already in the device's KV
+        cache (a conversation's earlier turns)."""
+        if not (use_cloud or device_compute):
+            raise ValueError("a session needs the cloud, the device, or both")
+        if device_compute and not 0 <= num_cached_tokens < len(prompt_ids):
+            raise ValueError("the prompt needs at least one token the device has not computed yet")
         self.prompt = list(prompt_ids)
         self.max_tokens, self.stop_token_ids, self.chunk_size = max_tokens, set(stop_token_ids), chunk_size
         self.answer: list[int] = []
         self.origins: list[str] = []
-        self.num_computed_tokens = 0
+        self.num_computed_tokens = num_cached_tokens
         self.state = SessionState.PREFILLING
         self.cloud = CloudState.WAITING if use_cloud else CloudState.OFF
         self.device_compute = device_compute
-        if not (use_cloud or device_compute):
-            raise ValueError("a session needs the cloud, the device, or both")
+        self.cloud_limit = max_tokens if cloud_limit is None else cloud_limit
+        self.plan = plan
         self.cloud_tokens_received = 0
         self.handover_index: int | None = None
-        self.fallback: str | None = None
-        self.finish_reason: str | None = None
+        self.fallback: str | None = fallback
+        self.finish_reason: FinishReason | None = None
         self.controller: SpeedController[tuple[int, int, str]] = SpeedController(pace_s, max_gap_s)
         self.shown: list[ShownToken] = []
         self._outbox: list[StopCloud] = []
@@ -121,15 +130,22 @@ class SessionCore:
         """The next local step, or None (one already running, nothing to do, or the answer is done)."""
         if self._computing or self.state is SessionState.FINISHED or not self.device_compute:
             return None
-        pending = (self.prompt + self.answer)[self.num_computed_tokens:]
+        pending = self._pending(self.chunk_size)
         if not pending:
             return None
-        if self.state is SessionState.DECODING and len(pending) == 1:
-            step = Compute((pending[0],), decode=True)
-        else:
-            step = Compute(tuple(pending[: self.chunk_size]), decode=False)
+        decode = self.state is SessionState.DECODING and self.num_computed_tokens + 1 == self.total_tokens
+        step = Compute(pending, decode=decode)
         self._computing = len(step.token_ids)
         return step
+
+    @property
+    def total_tokens(self) -> int:
+        """Length of what the device computes: its prompt plus the answer so far."""
+        return len(self.prompt) + len(self.answer)
+
+    def computed_token_ids(self) -> list[int]:
+        """The tokens in the device's KV cache, in order (what a next turn can reuse)."""
+        return (self.prompt + self.answer)[: self.num_computed_tokens]
 
     def messages_to_send(self) -> list[StopCloud]:
         """What the shell must tell the cloud now (each message once)."""
@@ -159,7 +175,7 @@ class SessionCore:
             return
         if self.num_computed_tokens < len(self.prompt):
             return
-        if self.num_computed_tokens < len(self.prompt) + len(self.answer):
+        if self.num_computed_tokens < self.total_tokens:
             self._move(SessionState.CATCHING_UP)  # more cloud tokens arrived meanwhile: prefill them too
             return
         if self.state is not SessionState.DECODING:
@@ -171,10 +187,13 @@ class SessionCore:
         if self.cloud not in (CloudState.WAITING, CloudState.STREAMING) or index < self.cloud_tokens_received:
             return  # after the hand-over, a stop or a failure; or a duplicate
         if index > self.cloud_tokens_received:
-            self.on_cloud_failed(f"cloud_protocol_error: token {index} arrived before {self.cloud_tokens_received}")
+            self.on_cloud_failed(Fallback.CLOUD_PROTOCOL_ERROR.because(
+                f"token {index} arrived before {self.cloud_tokens_received}"))
             return
         self.cloud = CloudState.RELEASED if token_id in self.stop_token_ids else CloudState.STREAMING
         self.cloud_tokens_received += 1
+        if index == 0 and self.plan is not None:
+            self.controller.set_pace(self.plan.first_token_pace(now_s, self.cloud_limit))
         if self.state in (SessionState.DECODING, SessionState.FINISHED):
             return
         self._commit(token_id, "cloud", now_s)
@@ -184,11 +203,22 @@ class SessionCore:
         if self.cloud not in (CloudState.WAITING, CloudState.STREAMING):
             return
         if reason in ("error", "disconnected") or (reason != "eos" and self.cloud_tokens_received == 0):
-            self.on_cloud_failed(f"cloud_ended: {reason}")
+            self.on_cloud_failed(Fallback.CLOUD_ENDED.because(reason))
             return
         self.cloud = CloudState.RELEASED
         if not self.device_compute and self.state is not SessionState.FINISHED:
-            self._finish("length")
+            self._finish(FinishReason.STOP if reason == "eos" else FinishReason.LENGTH)
+
+    def on_cloud_accepted(self, estimated_ttft_s: float, now_s: float) -> None:
+        """The cloud accepted the request and estimates its TTFT: give it up when the device would be first,
+        else tighten k (pd mode, through the plan)."""
+        if self.plan is None or self.cloud is not CloudState.WAITING:
+            return
+        give_up, k = self.plan.after_estimate(now_s, estimated_ttft_s, self.cloud_limit)
+        if give_up:
+            self.give_up_cloud(give_up)
+        elif k < self.cloud_limit:
+            self.limit_cloud(k)
 
     def on_cloud_failed(self, reason: str) -> None:
         """The cloud cannot help (unreachable, refused, rejected, dropped, too slow); the device goes on alone.
@@ -199,7 +229,7 @@ class SessionCore:
         if self.state is not SessionState.FINISHED:
             self.fallback = reason
             if not self.device_compute:
-                self._finish("error")
+                self._finish(FinishReason.ERROR)
 
     def on_refined_prompt(self, kept_indices: list[int]) -> None:
         """The cloud says which prompt positions matter: the rest of the local prefill reads only those.
@@ -219,12 +249,14 @@ class SessionCore:
             return
         self.prompt = self.prompt[:boundary] + [self.prompt[i] for i in kept_indices if i >= boundary]
         self.kept_indices = list(range(boundary)) + [i for i in kept_indices if i >= boundary]
-        self.refinement = {"applied": True, "kept_indices": len(kept_indices), "device_prompt_tokens": len(self.prompt),
-                           "prompt_tokens": n, "kept_from_position": boundary}
+        # "kept_indices" (the count's old name) is emitted beside "kept_tokens" for one release
+        self.refinement = {"applied": True, "kept_tokens": len(kept_indices), "kept_indices": len(kept_indices),
+                           "device_prompt_tokens": len(self.prompt), "prompt_tokens": n, "kept_from_position": boundary}
 
     def limit_cloud(self, num_tokens: int) -> None:
         """Ask the cloud for at most ``num_tokens`` tokens in all (a tighter k once its TTFT is known)."""
         if self.cloud in (CloudState.WAITING, CloudState.STREAMING) and num_tokens >= 1:
+            self.cloud_limit = min(self.cloud_limit, num_tokens)
             self._outbox.append(StopCloud(num_tokens - 1))
 
     def give_up_cloud(self, reason: str) -> None:
@@ -233,13 +265,35 @@ class SessionCore:
             self._outbox.append(StopCloud(-1))
             self.on_cloud_failed(reason)
 
+    def stop_at(self, index: int) -> None:
+        """The shown text hit a stop string in token ``index``: the answer ends there; later tokens (buffered
+        or still to come) are dropped."""
+        if index >= len(self.answer):
+            raise ValueError(f"token {index} is not part of the answer ({len(self.answer)} tokens)")
+        del self.answer[index + 1:], self.origins[index + 1:]
+        self.controller.clear()
+        self.num_computed_tokens = min(self.num_computed_tokens, self.total_tokens)
+        if self.state is not SessionState.FINISHED:
+            self._finish(FinishReason.STOP)
+        else:
+            self.finish_reason = FinishReason.STOP
+
     # ------------------------------------------------------------------ internals
+
+    def _pending(self, limit: int) -> tuple[int, ...]:
+        """Up to ``limit`` tokens after ``num_computed_tokens`` in ``prompt + answer``, without joining them."""
+        start, n = self.num_computed_tokens, len(self.prompt)
+        out = self.prompt[start:start + limit] if start < n else []
+        if len(out) < limit:
+            first = max(0, start - n)
+            out = out + self.answer[first:first + limit - len(out)]
+        return tuple(out)
 
     def _take_over(self) -> None:
         """Local KV covers prompt + every committed token: the device produces the rest."""
         j = len(self.answer)
         if self.cloud is CloudState.WAITING:
-            self.give_up_cloud("cloud_slow: the device finished the prompt before the first cloud token")
+            self.give_up_cloud(Fallback.CLOUD_SLOW.because("the device finished the prompt before the first cloud token"))
         elif self.cloud is CloudState.STREAMING:
             self._outbox.append(StopCloud(j - 1))
             self.cloud = CloudState.RELEASED
@@ -249,16 +303,16 @@ class SessionCore:
 
     def _commit(self, token_id: int, origin: str, now_s: float) -> None:
         if token_id in self.stop_token_ids:
-            self._finish("stop")
+            self._finish(FinishReason.STOP)
             return
         index = len(self.answer)
         self.answer.append(int(token_id))
         self.origins.append(origin)
         self.controller.push((index, int(token_id), origin), now_s)
         if len(self.answer) >= self.max_tokens:
-            self._finish("length")
+            self._finish(FinishReason.LENGTH)
 
-    def _finish(self, reason: str) -> None:
+    def _finish(self, reason: FinishReason) -> None:
         self.finish_reason = reason
         if self.cloud in (CloudState.WAITING, CloudState.STREAMING):
             self._outbox.append(StopCloud(-1) if self.cloud is CloudState.WAITING else StopCloud(len(self.answer) - 1))

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pdlink.edge.emulation import EmulatedDevice
 from pdlink.edge.timeline import Timeline
 
 
@@ -32,6 +33,8 @@ class SessionResult:
     device_compute_s: float
     timeline: Timeline
     kept_indices: list[int] | None = None  # prompt positions the device prefilled, when refined (not in JSON)
+    cached_prompt_tokens: int = 0  # leading prompt tokens a conversation's KV cache held already
+    tail_text: str = ""  # text shown after the last token (held back for a stop string; not in JSON)
 
     @property
     def max_gap_s(self) -> float:
@@ -54,6 +57,7 @@ class SessionResult:
             "cloud_tokens_shown": self.origins.count("cloud"), "settings": self.settings,
             "refinement": self.refinement,
             "emulation": self.emulation, "e2e_s": self.e2e_s, "device_compute_s": self.device_compute_s,
+            "cached_prompt_tokens": self.cached_prompt_tokens,
         }
         if with_timeline:
             out["timeline"] = self.timeline.to_json()
@@ -61,41 +65,51 @@ class SessionResult:
 
 
 def build_result(run) -> SessionResult:
-    """Collect a finished ``_Run`` (pdlink.edge.session) into its record."""
+    """The record of a finished ``SessionRun`` (pdlink.edge.session_run)."""
     core, timeline, s = run.core, run.timeline, run.s
     first = timeline.shown[0][0] if timeline.shown else None
     done = run.link.done if run.link is not None else None
+    welcome = run.link.welcome if run.link is not None else None
+    tail = run.text.finish(drop_held=done is not None and done.reason == "eos")
     cloud_done = None
     if done is not None:
         cloud_done = {"reason": done.reason, "tokens_sent": done.tokens_sent, "cloud_busy_s": done.cloud_busy_s,
                       "stop_after_index": done.stop_after_index}
-    settings = {"use_cloud": run.settings.use_cloud, "k": run.settings.k, "k_after_estimate": run.k, "pace_s": run.settings.pace_s,
-                "final_pace_s": core.controller.tau_s, "chunk_size": run.settings.chunk_size,
-                "refine_keep_ratio": run.settings.refine_keep_ratio,
-                "reason": run.settings.reason, "predicted": run.settings.predicted,
-                "max_gap_s": s.cfg.max_gap_s}
-    welcome = getattr(run.link.client, "welcome", None) if run.link is not None else None
-    emulation = {"device": s.device.label(), "network": s.cfg.network.label(),
-                 "threads": {"device_engine": s.engine.num_threads},
-                 "cloud_server": welcome.server if welcome is not None else None,
-                 "note": "emulated device: real engine work, then a wait to the profile's time"
-                 if s.device.profile is not None else "this machine's own speed"}
+    settings = {"use_cloud": run.settings.use_cloud, "k": run.settings.k, "k_after_estimate": core.cloud_limit,
+                "pace_s": run.settings.pace_s, "final_pace_s": core.controller.tau_s,
+                "chunk_size": run.settings.chunk_size, "refine_keep_ratio": run.settings.refine_keep_ratio,
+                "reason": run.settings.reason, "predicted": run.settings.predicted, "max_gap_s": s.cfg.max_gap_s}
     return SessionResult(
-        text=s.tokenizer.decode(core.answer), token_ids=list(core.answer), prompt_tokens=core.prompt_tokens,
-        finish_reason=core.finish_reason or "error", mode=run.mode, ttft_s=first, handover_index=core.handover_index,
-        origins=list(core.origins), fallback=core.fallback, gaps_s=[float(g) for g in timeline.gaps()],
+        text=run.text.text, token_ids=list(core.answer), prompt_tokens=core.prompt_tokens or timeline.prompt_tokens,
+        finish_reason=core.finish_reason or "error", mode=run.req.mode, ttft_s=first,
+        handover_index=core.handover_index, origins=list(core.origins), fallback=core.fallback,
+        gaps_s=[float(g) for g in timeline.gaps()],
         cloud_busy_s=done.cloud_busy_s if done is not None else (0.0 if run.link is None else None),
-        cloud_done=cloud_done, settings=settings, refinement=_refinement(run), emulation=emulation, e2e_s=run._now(),
-        device_compute_s=s.device.compute_s, timeline=timeline, kept_indices=core.kept_indices)
+        cloud_done=cloud_done, settings=settings, refinement=_refinement(run, welcome),
+        emulation=_emulation(run, welcome), e2e_s=run._now(),
+        device_compute_s=run.compute_s - (s.device.waited_s if isinstance(s.device, EmulatedDevice) else 0.0),
+        timeline=timeline,
+        kept_indices=core.kept_indices, cached_prompt_tokens=run.cached_tokens, tail_text=tail)
 
 
-def _refinement(run) -> dict | None:
+def _emulation(run, welcome) -> dict:
+    """What was emulated (device, network) and the thread budgets, for the output."""
+    s = run.s
+    emulated = isinstance(s.device, EmulatedDevice)
+    device = s.device.label() if emulated else {"device_profile": None, "emulated": False}
+    return {"device": device, "network": s.cfg.network.label(),
+            "threads": {"device_engine": s.engine.num_threads if s.engine is not None else None},
+            "cloud_server": welcome.server if welcome is not None else None,
+            "note": "emulated device: real engine work, then a wait to the profile's time" if emulated
+            else "this machine's own speed"}
+
+
+def _refinement(run, welcome) -> dict | None:
     """What became of prompt refinement: None when not asked; else whether it applied, or why not."""
     if not run.settings.refine_keep_ratio:
         return None
     if run.core.refinement is not None:
         return {"keep_ratio": run.settings.refine_keep_ratio, **run.core.refinement}
-    welcome = getattr(run.link.client, "welcome", None) if run.link is not None else None
     why = ("the cloud does not offer prompt refinement" if welcome is not None and "refine" not in welcome.features
            else "no refined prompt arrived")
     return {"keep_ratio": run.settings.refine_keep_ratio, "applied": False, "note": why}

@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass
 
 from pdlink.edge.device_profile import DeviceProfile
+from pdlink.edge.fallback import Fallback
 
 
 PACE_HEADROOM = 0.9  # show buffered tokens inside the gap bound: timers fire late by a few ms on a busy host
@@ -77,8 +78,8 @@ def decide_settings(prompt_tokens: int, max_tokens: int, device: DeviceProfile, 
     pace = min(max_gap_s * PACE_HEADROOM, tau_d)
     predicted = {"device_ttft_s": device_ttft, "cloud_ttft_s": cloud_ttft, "device_decode_s": tau_d}
     if cloud_ttft >= device_ttft:
-        return SessionSettings(False, 0, pace, chunk_size, reason="cloud_slow: its first token would come later "
-                               "than the device's own", predicted=predicted)
+        return SessionSettings(False, 0, pace, chunk_size, reason=Fallback.CLOUD_SLOW.because(
+                               "its first token would come later than the device's own"), predicted=predicted)
     j, why = cloud_tokens_needed(L, device, cloud_ttft, pace, max_tokens)
     device_prompt, rho = L, 0.0
     if refine != "off":
@@ -132,3 +133,39 @@ def retuned_pace(settings: SessionSettings, first_token_s: float, buffered_targe
     spread = (catch_up + tau_d - first_token_s) / buffered_target
     cap = max_gap_s * PACE_HEADROOM
     return min(cap, max(min(tau_d, cap), spread))
+
+
+@dataclass(frozen=True)
+class CloudPlan:
+    """The decisions a pd request still makes once under way, from its settings (pure; the core asks).
+
+    ``downlink_s``: one-way delay of the link, so an estimate made by the cloud is placed on the device's
+    clock. ``caller_set``: the caller fixed k, so the estimate never tightens it."""
+
+    settings: SessionSettings
+    device: DeviceProfile
+    prompt_tokens: int
+    max_tokens: int
+    max_gap_s: float
+    downlink_s: float = 0.0
+    caller_set: bool = False
+
+    def first_token_pace(self, first_token_s: float, k: int) -> float:
+        """The pace once the first cloud token is here (see ``retuned_pace``)."""
+        return retuned_pace(self.settings, first_token_s, k, self.max_gap_s)
+
+    def after_estimate(self, now_s: float, estimated_ttft_s: float, k: int) -> tuple[str | None, int]:
+        """The cloud's own TTFT estimate arrived: ``(reason, k)`` with a reason to give the cloud up when its
+        first token would come after the device's own, else ``(None, k')`` with k tightened to what the
+        closed form needs with the real TTFT (never raised)."""
+        predicted = self.settings.predicted or {}
+        if "device_ttft_s" not in predicted:
+            return None, k
+        cloud_ttft = now_s + estimated_ttft_s + self.downlink_s
+        if cloud_ttft > predicted["device_ttft_s"]:
+            return Fallback.CLOUD_SLOW.because(f"estimated first token at {cloud_ttft:.2f} s, the device's at "
+                                               f"{predicted['device_ttft_s']:.2f} s"), k
+        refined = predicted.get("refined_prompt_tokens") if self.settings.refine_keep_ratio else None
+        j, _ = cloud_tokens_needed(self.prompt_tokens, self.device, cloud_ttft, self.settings.pace_s,
+                                   self.max_tokens, refined)
+        return None, k if self.caller_set else min(k, with_margin(j))

@@ -72,9 +72,6 @@ class SpeedController(Generic[T]):
             out.append(Shown(item, arrival, due))
         return out
 
-    def drain(self) -> list[Shown[T]]:
-        """Release everything now, at the pace (used when the stream ends)."""
-        out: list[Shown[T]] = []
-        while self._queue:
-            out.extend(self.release_due(self.next_release_s()))
-        return out
+    def clear(self) -> None:
+        """Drop every buffered item (the answer ended before they were due)."""
+        self._queue.clear()

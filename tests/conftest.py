@@ -87,3 +87,14 @@ def hf_reference(gguf_path):
     model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
     model.eval()
     return model, tok
+
+
+def device_answer(engine, prompt_ids, max_tokens: int, **request):
+    """The device-mode answer of ``engine`` (a ``SessionResult``): the one generation loop, no cloud."""
+    from pdlink.edge.session import Session, SessionConfig
+
+    session = Session(SessionConfig(), engine=engine)
+    try:
+        return session.complete(list(prompt_ids), mode="device", max_tokens=max_tokens, **request)
+    finally:
+        session.close()

@@ -1,4 +1,4 @@
-"""The cloud prefill server end to end: the real ``pdlink.cloud.cli serve`` on loopback with SmolLM2 on torch.
+"""The cloud prefill server end to end: the real ``pdlink cloud serve`` on loopback with SmolLM2 on torch.
 
 One server serves the whole module; every test leaves it idle again (checked through /healthz).
 Every wait is bounded. The reference tokens are transformers' own greedy continuation.
@@ -273,7 +273,7 @@ def test_chat_messages_and_the_cli_generate_the_greedy_answer(server, ref, tmp_p
     expected = ref.greedy(ids, 24)
     expected = expected[:expected.index(2)] if 2 in expected else expected  # the answer ends at <|im_end|>
     (tmp_path / "prompt.txt").write_text(question)
-    cmd = [sys.executable, "-m", "pdlink.cloud.cli", "generate", "--cloud", server.url, "--auth-token-file",
+    cmd = [sys.executable, "-m", "pdlink", "generate", "--mode", "cloud", "--cloud", server.url, "--auth-token-file",
            str(server.token_file), "--prompt-file", str(tmp_path / "prompt.txt"), "--max-tokens", "24",
            "--temperature", "0", "--json"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
@@ -281,7 +281,7 @@ def test_chat_messages_and_the_cli_generate_the_greedy_answer(server, ref, tmp_p
     result = json.loads(out.stdout)
     assert result["mode"] == "cloud" and result["token_ids"] == expected and result["finish_reason"] == "stop"
     assert result["prompt_tokens"] == len(ids) and "Paris" in result["text"] and result["ttft_s"] > 0
-    probe = subprocess.run([sys.executable, "-m", "pdlink.cloud.cli", "probe", "--url", server.url,
+    probe = subprocess.run([sys.executable, "-m", "pdlink", "cloud", "probe", "--url", server.url,
                             "--auth-token-file", str(server.token_file), "--prompt", question, "--max-tokens", "4"],
                            capture_output=True, text=True, timeout=120)
     assert probe.returncode == 0 and "TTFT" in probe.stdout and "handshake" in probe.stdout, probe.stdout
@@ -469,15 +469,10 @@ def test_flood_beyond_the_limits_is_rejected_and_others_are_unaffected(server, r
     assert server.metric("pdlink_cloud_rejections_total", reason="overloaded") >= rejected_before + len(rejected)
 
 
-def test_generate_reports_an_unreachable_cloud_clearly(tmp_path):
-    import argparse
-
-    from pdlink.cloud.cli import generate_via_cloud
-    from pdlink.cloud.generation import CloudCLIError
+def test_generate_reports_an_unreachable_cloud_clearly(capsys):
+    from pdlink.cli import main
     from pdlink.cloud.server_process import free_port
 
-    args = argparse.Namespace(cloud=f"ws://127.0.0.1:{free_port()}", auth_token_file=None, prompt="hi",
-                              prompt_file=None, max_tokens=4, temperature=0.0, top_p=1.0, top_k=0, seed=None,
-                              stop=[], raw=False, package=None)
-    with pytest.raises(CloudCLIError, match="cannot reach the cloud"):
-        generate_via_cloud(args)
+    url = f"ws://127.0.0.1:{free_port()}"
+    assert main(["generate", "--mode", "cloud", "--cloud", url, "--prompt", "hi", "--max-tokens", "4"]) == 2
+    assert "cannot reach the cloud" in capsys.readouterr().err

@@ -23,11 +23,11 @@ NUM_TOKENS = 6  # "The capital of France is Paris"
 def host_reference(q4_1_package):
     """The chat prompt's ids and the Python engine's greedy tokens on the host package."""
     from pdlink.edge.engine import Engine, EngineConfig
-    from pdlink.edge.generator import GenerationConfig, generate
+    from tests.conftest import device_answer
 
     engine = Engine(EngineConfig(package=str(q4_1_package), num_threads=2, max_num_sequences=1))
     ids = engine.tokenizer.encode_chat(PROMPT)
-    tokens = generate(engine, ids, GenerationConfig(max_tokens=NUM_TOKENS, ignore_eos=True)).token_ids
+    tokens = device_answer(engine, ids, NUM_TOKENS, ignore_eos=True).token_ids
     return ids, tokens
 
 

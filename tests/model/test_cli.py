@@ -24,14 +24,14 @@ def pdlink(*args, check=True):
 
 
 def test_generate_json_contract(f32_package, f32_engine):
-    from pdlink.edge.generator import GenerationConfig, generate
+    from tests.conftest import device_answer
 
     proc = pdlink("generate", "--package", f32_package, "--prompt", "What is the capital of France?",
                   "--max-tokens", 12, "--temperature", 0, "--json")
     out = json.loads(proc.stdout)
     assert {"text", "token_ids", "prompt_tokens"} <= set(out)
     ids = f32_engine.tokenizer.encode_chat("What is the capital of France?")
-    expected = generate(f32_engine, ids, GenerationConfig(max_tokens=12))
+    expected = device_answer(f32_engine, ids, 12)
     assert out["token_ids"] == expected.token_ids and out["text"] == expected.text
     assert out["prompt_tokens"] == len(ids) and "Paris" in out["text"]
 

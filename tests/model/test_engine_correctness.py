@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pdlink.edge.chat import common_prefix_length
+from pdlink.edge.session import common_prefix_length
 from pdlink.edge.engine import Engine, EngineConfig
-from pdlink.edge.generator import GenerationConfig, generate
+from tests.conftest import device_answer
 from tests.model.prompts import chat_prompts
 from tests.model.reference import hf_greedy, llamacpp_greedy
 
@@ -15,8 +15,7 @@ NUM_TOKENS = 48
 
 
 def _engine_greedy(engine, prompt_ids, n):
-    cfg = GenerationConfig(max_tokens=n, ignore_eos=True)
-    return generate(engine, prompt_ids, cfg).token_ids
+    return device_answer(engine, prompt_ids, n, ignore_eos=True).token_ids
 
 
 @pytest.fixture(scope="module")

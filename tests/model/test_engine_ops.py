@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from pdlink.edge.engine import PromptTooLongError
-from pdlink.edge.generator import Generation, GenerationConfig, generate
+from pdlink.edge.session import Session, SessionConfig
+from tests.conftest import device_answer
 from pdlink.common.tokenizer import StreamingDetokenizer
 
 pytestmark = pytest.mark.model
@@ -40,7 +41,7 @@ def test_chunked_prefill_equals_one_shot(engine, ids):
 
 def test_tokens_from_elsewhere_append_as_prefill(engine, ids):
     """Greedy tokens received from the cloud, appended as one prefill, give the same next token."""
-    reply = generate(engine, ids, GenerationConfig(max_tokens=12, ignore_eos=True)).token_ids
+    reply = device_answer(engine, ids, 12, ignore_eos=True).token_ids
     seq, _ = _prefill(engine, ids)
     logits = engine.prefill(seq, reply[:-1])
     assert engine.num_computed_tokens(seq) == len(ids) + len(reply) - 1
@@ -106,32 +107,39 @@ def test_streaming_text_never_breaks_utf8(engine):
 
 
 def test_stop_strings_cut_the_text_and_the_stream(engine, ids):
-    free = generate(engine, ids, GenerationConfig(max_tokens=24, ignore_eos=True)).text
+    free = device_answer(engine, ids, 24, ignore_eos=True).text
     stop = free.split()[3]
-    gen = Generation(engine, ids, GenerationConfig(max_tokens=24, stop_strings=(stop,)))
-    streamed = "".join(e.text for e in gen) + gen.tail_text
-    assert gen.result.finish_reason == "stop"
-    assert stop not in gen.result.text and free.startswith(gen.result.text)
-    assert streamed == gen.result.text
+    session = Session(SessionConfig(), engine=engine)
+    try:
+        streamed = "".join(t.text for t in session.generate(ids, mode="device", max_tokens=24, stop=(stop,)))
+        result = session.last
+    finally:
+        session.close()
+    streamed += result.tail_text
+    assert result.finish_reason == "stop"
+    assert stop not in result.text and free.startswith(result.text)
+    assert streamed == result.text
 
 
 def test_sampling_with_seed_is_reproducible(engine, ids):
     from pdlink.common.sampling import SamplingParams
 
-    cfg = GenerationConfig(max_tokens=10, sampling=SamplingParams(temperature=0.8, top_p=0.9, seed=11))
-    assert generate(engine, ids, cfg).token_ids == generate(engine, ids, cfg).token_ids
+    sampling = SamplingParams(temperature=0.8, top_p=0.9, seed=11)
+    assert device_answer(engine, ids, 10, sampling=sampling).token_ids == \
+        device_answer(engine, ids, 10, sampling=sampling).token_ids
 
 
 def test_chat_reuses_the_cache_and_answers_like_a_fresh_prompt(engine):
-    from pdlink.edge.chat import ChatSession
+    from pdlink.edge.chat import Conversation
 
-    cfg = GenerationConfig(max_tokens=16)
-    chat = ChatSession(engine, cfg)
-    list(chat.ask("What is the capital of France?"))
-    list(chat.ask("And of Italy?"))
+    session = Session(SessionConfig(), engine=engine)
+    chat = Conversation(session)
+    list(chat.ask("What is the capital of France?", mode="device", max_tokens=16))
+    list(chat.ask("And of Italy?", mode="device", max_tokens=16))
     second = chat.last
     chat.close()
+    session.close()
     tok = engine.tokenizer
     fresh_ids = tok.encode(tok.apply_chat_template(chat.messages[:-1], add_generation_prompt=True))
-    assert second.prompt_tokens < len(fresh_ids)  # only the new turn was prefilled
-    assert generate(engine, fresh_ids, cfg).token_ids == second.token_ids
+    assert 0 < second.cached_prompt_tokens < len(fresh_ids) == second.prompt_tokens  # only the new turn was prefilled
+    assert device_answer(engine, fresh_ids, 16).token_ids == second.token_ids

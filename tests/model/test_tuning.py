@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pdlink.edge.engine import Engine, EngineConfig
-from pdlink.edge.generator import GenerationConfig, generate
+from tests.conftest import device_answer
 from tests.conftest import build_cached_package
 
 pytestmark = pytest.mark.model
@@ -16,7 +16,7 @@ NUM_TOKENS = 8
 def _greedy(package, prompt: str) -> list[int]:
     engine = Engine(EngineConfig(package=str(package), num_threads=2, context_window=256))
     ids = engine.tokenizer.encode_chat(prompt)
-    return generate(engine, ids, GenerationConfig(max_tokens=NUM_TOKENS, ignore_eos=True)).token_ids
+    return device_answer(engine, ids, NUM_TOKENS, ignore_eos=True).token_ids
 
 
 def test_tuned_and_untuned_q4_1_builds_give_identical_greedy_tokens(q4_1_package):

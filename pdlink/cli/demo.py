@@ -12,29 +12,27 @@ import json
 import sys
 from pathlib import Path
 
-CLOUD, DEVICE, RESET = "\033[36m", "\033[33m", "\033[0m"
+from pdlink.cli.output import colored
+from pdlink.cloud.server_process import ServerProcess
+from pdlink.common.real_text import build_prompt
+from pdlink.edge.cloud_link import CloudTarget
+from pdlink.edge.emulation import NetworkEmulation
+from pdlink.edge.session import Session, SessionConfig
+from pdlink.edge.timeline import plot_timeline
+
 INSTRUCTION = "Explain the following text to a beginner, step by step and in detail."
 
 
-def add_demo_command(sub) -> None:
-    p = sub.add_parser("demo", help="P/D-Device demo: cloud on loopback, pd vs device under a phone profile")
+def add_arguments(p) -> None:
     p.add_argument("--package", required=True)
     p.add_argument("--prompt-tokens", type=int, default=600, help="length of the real-text prompt")
     p.add_argument("--max-tokens", type=int, default=200)
     p.add_argument("--device-profile", default="phone")
     p.add_argument("--net-rtt-ms", type=float, default=40.0)
     p.add_argument("--output", default="bench/results", help="folder for the timeline plot and demo.json")
-    p.set_defaults(func=cmd_demo)
 
 
-def cmd_demo(args) -> int:
-    from pdlink.common.real_text import build_prompt
-    from pdlink.cloud.server_process import ServerProcess
-    from pdlink.edge.cloud_link import CloudTarget
-    from pdlink.edge.emulation import NetworkEmulation
-    from pdlink.edge.session import Session, SessionConfig
-    from pdlink.edge.timeline import plot_timeline
-
+def run(args) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     print(f"starting the cloud service on loopback (package {args.package}, 1 thread) ...", file=sys.stderr)
@@ -50,11 +48,10 @@ def cmd_demo(args) -> int:
             print(f"prompt: {len(ids)} tokens of the Python language reference, {INSTRUCTION!r}\n"
                   f"device: {args.device_profile} (emulated: {session.profile.source})\n", file=sys.stderr)
             print("[device mode] ...", file=sys.stderr)
-            list(session.generate(ids, mode="device", max_tokens=args.max_tokens))
-            device = session.last
+            device = session.complete(ids, mode="device", max_tokens=args.max_tokens)
             print("[pd mode] (cyan: cloud tokens, yellow: device tokens)\n", file=sys.stderr)
             for tok in session.generate(ids, mode="pd", max_tokens=args.max_tokens):
-                print(f"{CLOUD if tok.origin == 'cloud' else DEVICE}{tok.text}{RESET}", end="", flush=True)
+                print(colored(tok), end="", flush=True)
             pd = session.last
         finally:
             session.close()

@@ -1,0 +1,7 @@
+"""``python -m pdlink.cli ...``: the ``pdlink`` command."""
+
+import sys
+
+from pdlink.cli import main
+
+sys.exit(main())

@@ -1,0 +1,73 @@
+"""``pdlink bench engine|session|cloud``: the benchmarks, each writing JSON and a plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pdlink.cli.flags import add_flags, flag_values
+
+ENGINE = ("threads", "lengths", "decode_tokens", "repeats", "engines")
+SESSION = ("lengths", "max_tokens", "device_profile", "net_rtt_ms", "package", "cloud_backend", "cloud_threads",
+           "device_threads")
+CLOUD = ("trace", "num_requests", "threads")
+
+
+def add_arguments(p) -> None:
+    from pdlink.bench.cloud import CloudBenchConfig
+    from pdlink.bench.engine import EngineBenchConfig
+    from pdlink.bench.session import SessionBenchConfig
+
+    which = p.add_subparsers(dest="bench", required=True)
+    e = which.add_parser("engine", help="pdlink packages vs llama.cpp and transformers")
+    e.add_argument("--output", default="bench/results")
+    add_flags(e, EngineBenchConfig, ENGINE, helps={"threads": "threads for every engine (0 = all cores)"})
+    e.set_defaults(bench_func=_engine)
+    s = which.add_parser("session", help="pd vs device vs cloud mode: TTFT, shown-token gaps, cloud busy time")
+    s.add_argument("--output", default="bench/results")
+    add_flags(s, SessionBenchConfig, SESSION, helps={
+        "package": "compiled package (default: q4_1 of SmolLM2, built on demand)",
+        "cloud_backend": "the cloud's model: package (the device's own 4-bit package; pd == device), "
+                         "package-f32 (the float32 package) or torch (transformers float32)",
+        "cloud_threads": "the cloud server's thread budget", "device_threads": "the device engine's thread budget"})
+    s.add_argument("--no-refinement", action="store_true", help="skip the prompt-refinement measurements")
+    s.set_defaults(bench_func=_session)
+    c = which.add_parser("cloud", help="cloud service under Poisson load from the shared traces")
+    c.add_argument("--output", default="bench/results")
+    add_flags(c, CloudBenchConfig, CLOUD, helps={"trace": "mooncake or azure_code"})
+    c.set_defaults(bench_func=_cloud)
+
+
+def run(args) -> int:
+    return args.bench_func(args)
+
+
+def _engine(args) -> int:
+    from pdlink.bench.engine import EngineBenchConfig, run_engine_bench
+
+    report = run_engine_bench(EngineBenchConfig(output=args.output, **flag_values(args, ENGINE)))
+    keys = ("decode_ratio_q4_vs_llamacpp", "prefill_ratio_q4_vs_llamacpp", "decode_ratio_f32_vs_transformers",
+            "rss_ratio_q4_vs_llamacpp")
+    print(json.dumps({k: report[k] for k in keys}, indent=2))
+    print(f"wrote {Path(args.output) / 'engine.json'} and engine.png")
+    return 0
+
+
+def _session(args) -> int:
+    from pdlink.bench.session import SessionBenchConfig, run_session_bench
+
+    report = run_session_bench(SessionBenchConfig(output=args.output, refinement=not args.no_refinement,
+                                                  **flag_values(args, SESSION)))
+    keys = ("ttft_reduction_2k", "max_gap_s", "p99_gap_s", "cloud_busy_ratio_pd_vs_cloud")
+    print(json.dumps({k: report[k] for k in keys}, indent=2))
+    print(f"wrote {Path(args.output) / 'session.json'}, session.png and session-timeline-*.png")
+    return 0
+
+
+def _cloud(args) -> int:
+    from pdlink.bench.cloud import CloudBenchConfig, run_cloud_bench
+
+    report = run_cloud_bench(args.output, CloudBenchConfig(**flag_values(args, CLOUD)))
+    print(json.dumps(report.get("summary", {}), indent=2))
+    print(f"wrote {Path(args.output) / 'cloud.json'} and cloud.png")
+    return 0
