@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _bench(args) -> dict:
-    from pdlink.cloud.bench import CloudBenchConfig, run_cloud_bench
+    from pdlink.bench.cloud import CloudBenchConfig, run_cloud_bench
 
     cfg = CloudBenchConfig(trace=args.trace, num_requests=args.num_requests, threads=args.threads)
     return run_cloud_bench(args.output, cfg)

@@ -244,7 +244,7 @@ def _cmd_bench_session(args) -> int:
 
 
 def _cmd_bench_cloud(args) -> int:
-    from pdlink.cloud.bench import run_cloud_bench
+    from pdlink.bench.cloud import run_cloud_bench
 
     report = run_cloud_bench(args.output)
     print(json.dumps(report.get("summary", {}), indent=2))
