@@ -76,7 +76,7 @@ class PdlinkRunner:
         return elapsed
 
     def profile(self, ids) -> dict:
-        from pdlink.edge.profiler import profile_engine
+        from pdlink.bench.profiler import profile_engine
 
         return profile_engine(self.engine, ids)
 

@@ -10,7 +10,7 @@ from pdlink.cli.flags import add_flags, flag_values
 ENGINE = ("threads", "lengths", "decode_tokens", "repeats", "engines")
 SESSION = ("lengths", "max_tokens", "device_profile", "net_rtt_ms", "package", "cloud_backend", "cloud_threads",
            "device_threads")
-CLOUD = ("trace", "num_requests", "threads")
+CLOUD = ("trace", "num_requests", "threads", "traces_dir")
 
 
 def add_arguments(p) -> None:
@@ -34,7 +34,9 @@ def add_arguments(p) -> None:
     s.set_defaults(bench_func=_session)
     c = which.add_parser("cloud", help="cloud service under Poisson load from the shared traces")
     c.add_argument("--output", default="bench/results")
-    add_flags(c, CloudBenchConfig, CLOUD, helps={"trace": "mooncake or azure_code"})
+    add_flags(c, CloudBenchConfig, CLOUD, helps={"trace": "mooncake, azure_code, or a .csv / .jsonl trace file",
+                                                 "traces_dir": "folder of the named traces (else $PDLINK_TRACES_DIR, "
+                                                               "else ../shared/traces)"})
     c.set_defaults(bench_func=_cloud)
 
 

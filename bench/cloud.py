@@ -1,26 +1,28 @@
 """``pdlink bench cloud``: open-loop Poisson load on a real cloud server, leading tokens k vs cloud-only.
 
-Prompt and answer lengths come from a real trace in ``<repo>/../shared/traces`` (scaled and capped so
-this small machine can serve them), the prompt text from Python's own reference docs. The same
-arrivals are replayed once per setting: the cloud generating k in {1, 8, 32} leading tokens (P/D-Device)
-and the cloud generating the whole answer (the cloud-only baseline). Reported per setting: TTFT
-p50/p99, rejection rate, and cloud busy seconds per request, whose inverse is the cloud's throughput.
+Prompt and answer lengths come from a real trace (:mod:`pdlink.traces`: ``--traces-dir``, else
+``$PDLINK_TRACES_DIR``, else ``../shared/traces``), sampled, scaled and capped so this small machine can serve
+them; the prompt text from Python's own reference docs, with the trace's shared prefixes (Mooncake hash ids) kept.
+The same arrivals are replayed once per setting: the cloud generating k in {1, 8, 32} leading tokens (P/D-Device)
+and the cloud generating the whole answer (the cloud-only baseline). Reported per setting: TTFT p50/p99,
+rejection rate, and cloud busy seconds per request, whose inverse is the cloud's throughput.
 """
 
 from __future__ import annotations
 
 import asyncio
-import csv
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-TRACE_FILES = {"mooncake": "mooncake_conversation.jsonl", "azure_code": "azure_llm_code_2023.csv"}
+from pdlink.traces import MOONCAKE_BLOCK_TOKENS, NAMED_TRACES, PromptSynthesizer, TraceRequest, load_trace
+
 INSTRUCTION = "Summarize the following text in a few sentences.\n\n"
+_CONTENT = "\x00CONTENT\x00"  # stands in for the user message when the chat template is split around it
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,7 @@ class CloudBenchConfig:
     trace: str = "mooncake"
     num_requests: int = 12
     ks: tuple[int, ...] = (1, 8, 32)
-    prompt_scale: float = 0.1  # trace prompt lengths are multiplied by this, then capped
+    prompt_scale: float = 0.1  # trace prompt lengths (and Mooncake's 512-token blocks) are multiplied by this
     max_prompt_tokens: int = 1024
     output_scale: float = 0.5
     max_output_tokens: int = 128
@@ -40,55 +42,37 @@ class CloudBenchConfig:
     ttft_budget_s: float = 15.0
     seed: int = 0
     model: str = "smollm2-135m"
+    traces_dir: str | None = None  # else $PDLINK_TRACES_DIR, else ../shared/traces
 
     def __post_init__(self):
-        if self.trace not in TRACE_FILES:
-            raise ValueError(f"trace must be one of {sorted(TRACE_FILES)}")
+        if self.trace not in NAMED_TRACES and not Path(self.trace).suffix:
+            raise ValueError(f"trace must be one of {sorted(NAMED_TRACES)} or a .csv/.jsonl trace file")
         if self.num_requests < 2 or not self.ks or min(self.ks) < 1:
             raise ValueError("num_requests must be >= 2 and every k >= 1")
         if not 0 < self.utilization or (self.rate_rps is not None and not self.rate_rps > 0):
             raise ValueError("utilization and rate_rps must be > 0")
+        if not 0 < self.prompt_scale or not 0 < self.output_scale:
+            raise ValueError("prompt_scale and output_scale must be > 0")
 
 
-def traces_dir() -> Path:
-    """``<repo>/../shared/traces``; FileNotFoundError saying where to get the traces when it is absent."""
-    folder = Path(__file__).resolve().parent.parent.parent / "shared" / "traces"
-    if not folder.is_dir():
-        raise FileNotFoundError(
-            f"trace folder {folder} is missing: put the public traces beside the checkout in ../shared/traces "
-            "(Mooncake FAST'25 traces: github.com/kvcache-ai/Mooncake, FAST25-release/traces; Azure LLM inference "
-            "trace 2023: github.com/Azure/AzurePublicDataset). They are never copied into the repository.")
-    return folder
+def trace_requests(cfg: CloudBenchConfig) -> list[TraceRequest]:
+    """``num_requests`` requests sampled (seeded, in arrival order) from the trace, lengths scaled and capped.
+    Raises FileNotFoundError (naming --traces-dir and $PDLINK_TRACES_DIR) when the trace is absent."""
+    sample = load_trace(cfg.trace, cfg.traces_dir).sample(cfg.num_requests, seed=cfg.seed)
+    return [replace(r, input_tokens=int(min(cfg.max_prompt_tokens, max(16, r.input_tokens * cfg.prompt_scale))),
+                    output_tokens=int(min(cfg.max_output_tokens, max(1, r.output_tokens * cfg.output_scale))))
+            for r in sample]
 
 
-def trace_lengths(cfg: CloudBenchConfig) -> list[tuple[int, int]]:
-    """``num_requests`` (prompt, answer) lengths drawn (seeded) from the trace, scaled and capped."""
-    path = traces_dir() / TRACE_FILES[cfg.trace]
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing from the shared traces folder")
-    if cfg.trace == "mooncake":
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        pairs = [(r["input_length"], r["output_length"]) for r in rows]
-    else:
-        with path.open() as f:
-            pairs = [(int(r["ContextTokens"]), int(r["GeneratedTokens"])) for r in csv.DictReader(f)]
-    picks = np.random.default_rng(cfg.seed).choice(len(pairs), cfg.num_requests, replace=False)
-    return [(int(min(cfg.max_prompt_tokens, max(16, pairs[i][0] * cfg.prompt_scale))),
-             int(min(cfg.max_output_tokens, max(1, pairs[i][1] * cfg.output_scale)))) for i in picks]
-
-
-def build_prompts(tokenizer, lengths: list[int], seed: int) -> list[list[int]]:
-    """Chat prompts of (about) the given token lengths: an instruction over a window of real text."""
-    from pdlink.common.real_text import real_text
-
-    text_ids = tokenizer.encode(real_text(max(lengths) * 6 * 8))
-    overhead = len(tokenizer.encode_chat(INSTRUCTION))
-    rng, prompts = np.random.default_rng(seed), []
-    for n in lengths:
-        body = max(1, n - overhead)
-        start = int(rng.integers(0, max(1, len(text_ids) - body)))
-        prompts.append(tokenizer.encode_chat(INSTRUCTION + tokenizer.decode(text_ids[start:start + body])))
-    return prompts
+def build_prompts(tokenizer, requests: list[TraceRequest], cfg: CloudBenchConfig) -> list[list[int]]:
+    """Chat prompts of exactly each request's ``input_tokens`` (at least the template's own): the chat template
+    around an instruction and real text, cut at token level so shared trace prefixes stay shared token for token."""
+    head_text, tail_text = tokenizer.apply_chat_template([{"role": "user", "content": _CONTENT}]).split(_CONTENT)
+    head, tail = tokenizer.encode(head_text + INSTRUCTION), tokenizer.encode(tail_text)
+    block = max(1, round(MOONCAKE_BLOCK_TOKENS * cfg.prompt_scale))
+    bodies = PromptSynthesizer(tokenizer, seed=cfg.seed, block_tokens=block).prompts(
+        replace(r, input_tokens=max(1, r.input_tokens - len(head) - len(tail))) for r in requests)
+    return [head + body + tail for body in bodies]
 
 
 async def _one(url, token_hash, ids, k, at, t0, out):
@@ -145,7 +129,8 @@ async def _phase(server, token_hash, prompts, ks, arrivals) -> dict:
 
 def run_cloud_bench(output_dir: str | Path, cfg: CloudBenchConfig | None = None) -> dict:
     """Run the benchmark against a fresh server subprocess; write ``cloud.json`` and ``cloud.png`` into
-    ``output_dir`` and return the report. Raises FileNotFoundError when the traces are absent."""
+    ``output_dir`` and return the report. Raises FileNotFoundError when the traces are absent and
+    TraceFormatError (file:line) on a malformed trace."""
     from pdlink.bench.engine import machine_info
     from pdlink.cloud.server_process import ServerProcess
     from pdlink.cloud.torch_backend import checkpoint_tokenizer
@@ -154,10 +139,10 @@ def run_cloud_bench(output_dir: str | Path, cfg: CloudBenchConfig | None = None)
     cfg = cfg or CloudBenchConfig()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    lengths = trace_lengths(cfg)
+    requests = trace_requests(cfg)
     tokenizer = checkpoint_tokenizer(open_checkpoint(cfg.model))
-    prompts = build_prompts(tokenizer, [p for p, _ in lengths], cfg.seed)
-    answers = [a for _, a in lengths]
+    prompts = build_prompts(tokenizer, requests, cfg)
+    answers = [r.output_tokens for r in requests]
     settings = [(f"k={k}", [min(k, a) for a in answers]) for k in cfg.ks] + [("full", answers)]
     serve = ["--model", cfg.model, "--threads", str(cfg.threads), "--max-prompt-tokens", str(cfg.max_prompt_tokens + 64),
              "--max-leading-tokens", str(max(cfg.max_output_tokens, *cfg.ks)), "--max-concurrent-requests", "256",
