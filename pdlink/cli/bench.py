@@ -11,12 +11,16 @@ ENGINE = ("threads", "lengths", "decode_tokens", "repeats", "engines")
 SESSION = ("lengths", "max_tokens", "device_profile", "net_rtt_ms", "package", "cloud_backend", "cloud_threads",
            "device_threads")
 CLOUD = ("trace", "num_requests", "threads", "traces_dir")
+TRACE = ("trace", "traces_dir", "devices", "mode", "device_profile", "cloud_profile", "simulate", "max_requests",
+         "max_output_tokens", "min_prompt_tokens", "max_prompt_tokens", "rate_scale", "ttft_slo_s", "max_gap_ms",
+         "net_rtt_ms", "cloud_threads", "device_threads", "package", "seed")
 
 
 def add_arguments(p) -> None:
     from pdlink.bench.cloud import CloudBenchConfig
     from pdlink.bench.engine import EngineBenchConfig
     from pdlink.bench.session import SessionBenchConfig
+    from pdlink.bench.trace_report import TraceBenchConfig
 
     which = p.add_subparsers(dest="bench", required=True)
     e = which.add_parser("engine", help="pdlink packages vs llama.cpp and transformers")
@@ -38,6 +42,18 @@ def add_arguments(p) -> None:
                                                  "traces_dir": "folder of the named traces (else $PDLINK_TRACES_DIR, "
                                                                "else ../shared/traces)"})
     c.set_defaults(bench_func=_cloud)
+    t = which.add_parser("trace", help="a real trace replayed by emulated devices against the cloud on loopback, "
+                                       "or simulated at scale (--simulate): TTFT, gaps, cloud seconds, hand-overs")
+    t.add_argument("--output", default="bench/results")
+    add_flags(t, TraceBenchConfig, TRACE, helps={
+        "trace": "azure_code, mooncake, or a .csv / .jsonl trace file",
+        "devices": "emulated devices, each sending one request at a time", "mode": "pd, device or cloud",
+        "device_profile": "a named device profile or a JSON file with its fields",
+        "cloud_profile": "with --simulate: a named cloud profile", "simulate": "the discrete-event simulator",
+        "max_requests": "cap for run time", "max_output_tokens": "cap for run time",
+        "min_prompt_tokens": "only requests with at least this many prompt tokens",
+        "rate_scale": "arrivals this many times faster than the trace's"})
+    t.set_defaults(bench_func=_trace)
 
 
 def run(args) -> int:
@@ -72,4 +88,20 @@ def _cloud(args) -> int:
     report = run_cloud_bench(args.output, CloudBenchConfig(**flag_values(args, CLOUD)))
     print(json.dumps(report.get("summary", {}), indent=2))
     print(f"wrote {Path(args.output) / 'cloud.json'} and cloud.png")
+    return 0
+
+
+def _trace(args) -> int:
+    from pdlink.bench.trace_report import TraceBenchConfig
+
+    cfg = TraceBenchConfig(output=args.output, **flag_values(args, TRACE))
+    if cfg.simulate:
+        from pdlink.bench.trace_sim import run_trace_simulation as run_trace
+    else:
+        from pdlink.bench.trace_replay import run_trace_replay as run_trace
+    report = run_trace(cfg)
+    keys = ("requests", "ttft_p50_s", "ttft_p99_s", "max_gap_s", "p99_gap_s", "cloud_busy_s_per_request",
+            "handover_rate", "fallback_rate")
+    print(json.dumps({k: report.get(k) for k in keys}, indent=2))
+    print(f"wrote {Path(args.output) / cfg.report_name}")
     return 0
