@@ -206,6 +206,10 @@ class SessionCore:
             self.on_cloud_failed(Fallback.CLOUD_ENDED.because(reason))
             return
         self.cloud = CloudState.RELEASED
+        if not self.device_compute and not self.stop_token_ids and reason == "eos" and self.answer:
+            # without a tokenizer the device could not tell the cloud's end-of-turn token: ``done`` names it
+            self.answer.pop()
+            self.origins.pop()
         if not self.device_compute and self.state is not SessionState.FINISHED:
             self._finish(FinishReason.STOP if reason == "eos" else FinishReason.LENGTH)
 
