@@ -77,8 +77,11 @@ async def _generate(args, url: str) -> dict:
         request = dict(prompt_text=prompt)
     else:
         request = dict(prompt_messages=[{"role": "user", "content": prompt}])
-    sampling = SamplingParams(temperature=args.temperature, top_p=getattr(args, "top_p", 1.0),
-                              top_k=getattr(args, "top_k", 0), seed=getattr(args, "seed", None))
+    try:
+        sampling = SamplingParams(temperature=args.temperature, top_p=getattr(args, "top_p", 1.0),
+                                  top_k=getattr(args, "top_k", 0), seed=getattr(args, "seed", None))
+    except ValueError as exc:
+        raise CloudCLIError(f"invalid request: {exc}") from None
     stops = tuple(getattr(args, "stop", None) or ())
     t0 = time.perf_counter()
     client = await CloudClient.connect(url, model_id=model_id, tokenizer_hash=tok.hash if tok else "",
@@ -112,7 +115,7 @@ async def _generate(args, url: str) -> dict:
     if hit >= 0:
         text = text[:hit]
     if finish is None:
-        finish = {"max_leading_tokens": "length"}.get(done.reason, done.reason) if done else "error"
+        finish = done.finish_reason if done else "error"
     prompt_tokens = stream.accepted.prompt_tokens if stream.accepted else len(request.get("prompt_token_ids", ()))
     ttft = times[0] - t_submit if times else None
     decode_s = times[-1] - times[0] if len(times) > 1 else 0.0

@@ -88,7 +88,7 @@ class CloudLink:
     async def _run(self, prompt_ids, k, sampling, stop_ids, refine_keep_ratio) -> None:
         from pdlink.common.client import CloudClient, CloudError
         from pdlink.common.credentials import client_ssl_context
-        from pdlink.common.protocol import Done, LocalProtocolError, RefineOptions, Rejected, SamplingParams
+        from pdlink.common.protocol import Done, LocalProtocolError, RefineOptions, Rejected
 
         t0 = time.perf_counter()
         try:
@@ -102,11 +102,9 @@ class CloudLink:
                 raise CloudError("tokenizer_mismatch", "the cloud's tokenizer differs; token ids cannot cross")
             self.connect_s = time.perf_counter() - t0
             await self._wait_uplink(8 * len(prompt_ids) + 200)
-            cloud_sampling = SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
-                                            top_k=sampling.top_k, seed=sampling.seed)
             refine = RefineOptions(keep_ratio=refine_keep_ratio) if refine_keep_ratio > 0 else None
             self.stream = await self.client.prefill(prompt_token_ids=prompt_ids, max_leading_tokens=k,
-                                                    sampling=cloud_sampling, stop_token_ids=stop_ids, refine=refine)
+                                                    sampling=sampling, stop_token_ids=stop_ids, refine=refine)
             async for event in self.stream:
                 if isinstance(event, Done):
                     self.done = event
