@@ -32,7 +32,6 @@ from pdlink.cloud.request import Request
 from pdlink.cloud.refinement import DEFAULT_WINDOW, RefineSpec
 from pdlink.cloud.scheduler import FinishedOutput, RefinedOutput, Scheduler, TokenOutput
 from pdlink.cloud.worker import ModelWorker
-from pdlink.common.sampling import SamplingParams
 from pdlink.common.tokenizer import StreamingDetokenizer
 
 log = logging.getLogger(__name__)
@@ -246,10 +245,8 @@ class CloudServer:
                    f"estimated TTFT {estimate:.2f} s is over the budget of {cfg.ttft_budget_s:g} s")
             retry = max(0.1, estimate - cfg.ttft_budget_s) if not full else 1.0
             return self._reject(session, rid, "overloaded", why, round(retry, 3))
-        s = msg.sampling
-        request = Request((session.sid, rid), ids, msg.max_leading_tokens,
-                          SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, seed=s.seed),
-                          sorted(stop_ids), arrival_s=time.perf_counter(), refine=self._refine_spec(msg))
+        request = Request((session.sid, rid), ids, msg.max_leading_tokens, msg.sampling, sorted(stop_ids),
+                          arrival_s=time.perf_counter(), refine=self._refine_spec(msg))
         try:
             self.worker.submit(request)
         except ValueError as exc:

@@ -21,8 +21,8 @@ import websockets
 from websockets.asyncio.client import connect as ws_connect
 
 from pdlink.common.protocol import (
-    DEFAULT_MAX_MESSAGE_BYTES, Accepted, ChatMessage, ClientConnection, Done, Error, PrefillRequest,
-    ProtocolViolation, RefinedPrompt, RefineOptions, Rejected, SamplingParams, Token, Welcome,
+    DEFAULT_MAX_MESSAGE_BYTES, Accepted, ChatMessage, ClientConnection, Done, Error, LocalProtocolError,
+    PrefillRequest, ProtocolViolation, RefinedPrompt, RefineOptions, Rejected, SamplingParams, Token, Welcome,
 )
 
 log = logging.getLogger(__name__)
@@ -151,11 +151,13 @@ class CloudClient:
         rid = request_id or f"r{next(self._ids)}"
         messages = None if prompt_messages is None else [ChatMessage(role=m["role"], content=m["content"])
                                                          for m in prompt_messages]
-        req = PrefillRequest(request_id=rid, max_leading_tokens=max_leading_tokens,
-                             prompt_token_ids=None if prompt_token_ids is None else [int(t) for t in prompt_token_ids],
-                             prompt_text=prompt_text, prompt_messages=messages,
-                             sampling=sampling or SamplingParams(), stop_token_ids=[int(t) for t in stop_token_ids],
-                             refine=refine)
+        ids = None if prompt_token_ids is None else [int(t) for t in prompt_token_ids]
+        try:  # the rules __post_init__ checks (one prompt, printable id) raise while building
+            req = PrefillRequest(request_id=rid, max_leading_tokens=max_leading_tokens, prompt_token_ids=ids,
+                                 prompt_text=prompt_text, prompt_messages=messages, sampling=sampling or SamplingParams(),
+                                 stop_token_ids=[int(t) for t in stop_token_ids], refine=refine)
+        except ValueError as exc:
+            raise LocalProtocolError("bad_field", str(exc), rid) from None
         stream = CloudStream(self, rid)
         self._streams[rid] = stream
         try:

@@ -1,25 +1,70 @@
-"""Wire protocol v1: the message structs, ``encode()`` and the ``decode_*()`` functions.
+"""Wire protocol v1: the message structs, the reason enums, ``encode()`` and the ``decode_*()`` functions.
 
 Sans-I/O: nothing here touches a socket. Every frame is one JSON object with a ``type`` tag;
-only ``Hello``/``Welcome`` carry the protocol version (docs/protocol.md). Decoding checks syntax
-and field types only; the value rules live in the ``validate()`` methods, which the connection
-objects of :mod:`pdlink.common.protocol` apply.
+only ``Hello``/``Welcome`` carry the protocol version (docs/protocol.md). Decoding checks the field
+types and the value rules alike: ``msgspec.Meta`` constraints where they say the rule, ``__post_init__``
+for what they cannot (msgspec runs it on decode too). A frame that breaks either becomes a
+``ProtocolError("bad_field")``. Meta constraints are not checked when a struct is built in Python,
+so ``ClientConnection.prefill()`` decodes its own frame once before it sends it.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any, Union, get_args
+import enum
+from typing import Annotated, Any, Literal, Union, get_args
 
 import msgspec
+from msgspec import Meta
+
+from .sampling import SamplingParams
 
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({PROTOCOL_VERSION})
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
 MAX_REQUEST_ID_CHARS = 128
 
-REJECT_REASONS = frozenset({"overloaded", "prompt_too_long", "invalid_request", "unauthorized", "shutting_down"})
-DONE_REASONS = frozenset({"stopped", "cancelled", "max_leading_tokens", "eos", "error", "disconnected"})
+
+class _WireText(str, enum.Enum):
+    """A closed set of wire strings: members are ``str`` and print as their wire text."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+class RejectReason(_WireText):
+    """``rejected.reason``: why a request will not run. Decoded frames keep the plain string (peers may
+    send reasons this version does not know); the server's side only sends these."""
+
+    OVERLOADED = "overloaded"
+    PROMPT_TOO_LONG = "prompt_too_long"
+    INVALID_REQUEST = "invalid_request"
+    UNAUTHORIZED = "unauthorized"
+    SHUTTING_DOWN = "shutting_down"
+
+
+class DoneReason(_WireText):
+    """``done.reason``: why a request ended. ``DISCONNECTED`` appears only in the server's own logs."""
+
+    STOPPED = "stopped"
+    CANCELLED = "cancelled"
+    MAX_LEADING_TOKENS = "max_leading_tokens"
+    EOS = "eos"
+    ERROR = "error"
+    DISCONNECTED = "disconnected"
+
+    @property
+    def finish_reason(self) -> str:
+        """The device-facing finish reason: ``eos`` -> "stop", ``max_leading_tokens`` -> "length",
+        any other reason is its own wire text."""
+        return _FINISH_REASONS.get(self, self.value)
+
+
+_FINISH_REASONS = {DoneReason.EOS: "stop", DoneReason.MAX_LEADING_TOKENS: "length"}
+REJECT_REASONS = frozenset(RejectReason)
+DONE_REASONS = frozenset(DoneReason)
 
 
 class ProtocolError(Exception):
@@ -50,6 +95,20 @@ def request_id_problem(request_id: object) -> str | None:
     return None
 
 
+def _check_request_id(request_id: str) -> None:
+    """The whole request id rule, for ``__post_init__`` (``RequestId``'s ``Meta`` cannot say "printable")."""
+    problem = request_id_problem(request_id)
+    if problem:
+        raise ValueError(problem)
+
+
+# A client-chosen request id: 1..128 printable characters (printable: ``_check_request_id``).
+RequestId = Annotated[str, Meta(min_length=1, max_length=MAX_REQUEST_ID_CHARS)]
+TokenId = Annotated[int, Meta(ge=0)]  # the vocabulary's upper bound is the server's to check
+ChatRole = Literal["system", "user", "assistant"]
+CHAT_ROLES = frozenset(get_args(ChatRole))
+
+
 class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", forbid_unknown_fields=False):
     """Base of every wire message; ``type`` (the tag) names the subclass on the wire."""
 
@@ -63,50 +122,19 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Fa
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
 
-class SamplingParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
-    """How the cloud samples leading tokens; ``temperature == 0`` is greedy, ``top_k == 0`` is off."""
-
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-
-    def validate(self) -> str | None:
-        """The first broken rule as a sentence, or None when the parameters are valid."""
-        if not math.isfinite(self.temperature) or self.temperature < 0:
-            return "sampling.temperature must be a finite number >= 0"
-        if not 0.0 < self.top_p <= 1.0:
-            return "sampling.top_p must be in (0, 1]"
-        if self.top_k < 0:
-            return "sampling.top_k must be >= 0"
-        if self.seed is not None and not 0 <= self.seed < 2**64:
-            return "sampling.seed must be in [0, 2**64)"
-        return None
-
-
 class RefineOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
-    """Ask the cloud for a ``RefinedPrompt``: keep ``keep_ratio`` of the prompt, always the last ``window`` tokens."""
+    """Ask the cloud for a ``RefinedPrompt``: keep ``keep_ratio`` of the prompt, always the last ``window`` tokens
+    (0 = the server's default)."""
 
     enabled: bool = True
-    keep_ratio: float = 0.5
-    window: int = 0
-
-    def validate(self) -> str | None:
-        """The first broken rule as a sentence, or None when the options are valid."""
-        if not (math.isfinite(self.keep_ratio) and 0.0 < self.keep_ratio <= 1.0):
-            return "refine.keep_ratio must be in (0, 1]"
-        if self.window < 0:
-            return "refine.window must be >= 0"
-        return None
-
-
-CHAT_ROLES = frozenset({"system", "user", "assistant"})
+    keep_ratio: Annotated[float, Meta(gt=0.0, le=1.0)] = 0.5
+    window: Annotated[int, Meta(ge=0)] = 0
 
 
 class ChatMessage(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
     """One chat turn of ``PrefillRequest.prompt_messages``; the server renders its own chat template."""
 
-    role: str
+    role: ChatRole
     content: str
 
 
@@ -125,55 +153,47 @@ class Hello(Message, tag="hello"):
 
 
 class PrefillRequest(Message, tag="prefill"):
-    """Prefill one prompt and stream at most ``max_leading_tokens`` tokens (client -> server)."""
+    """Prefill one prompt and stream at most ``max_leading_tokens`` tokens (client -> server).
 
-    request_id: str
-    max_leading_tokens: int
-    prompt_token_ids: list[int] | None = None
+    Building one without exactly one non-empty prompt form, or with a bad ``request_id``, raises
+    ``ValueError``; the ``Meta`` rules (k >= 1, token ids >= 0) hold from decoding on (and are checked by
+    ``ClientConnection.prefill()``). Vocabulary and limits are the server's to check."""
+
+    request_id: RequestId
+    max_leading_tokens: Annotated[int, Meta(ge=1)]
+    prompt_token_ids: list[TokenId] | None = None
     prompt_text: str | None = None
     prompt_messages: list[ChatMessage] | None = None
     sampling: SamplingParams = msgspec.field(default_factory=SamplingParams)
-    stop_token_ids: list[int] = []
+    stop_token_ids: list[TokenId] = []
     refine: RefineOptions | None = None
 
-    def validate(self) -> str | None:
-        """The first broken rule as a sentence, or None. Vocabulary and limits are the server's to check."""
-        problem = request_id_problem(self.request_id)
-        if problem:
-            return problem
+    def __post_init__(self):
+        _check_request_id(self.request_id)
         given = [p for p in (self.prompt_token_ids, self.prompt_text, self.prompt_messages) if p is not None]
         if len(given) != 1:
-            return "exactly one of prompt_token_ids, prompt_text and prompt_messages must be given"
+            raise ValueError("exactly one of prompt_token_ids, prompt_text and prompt_messages must be given")
         if not given[0]:
-            return "the prompt is empty"
-        if any(m.role not in CHAT_ROLES for m in self.prompt_messages or ()):
-            return f"prompt_messages roles must be one of {sorted(CHAT_ROLES)}"
-        if self.max_leading_tokens < 1:
-            return "max_leading_tokens must be >= 1"
-        if any(t < 0 for t in self.prompt_token_ids or ()) or any(t < 0 for t in self.stop_token_ids):
-            return "token ids must be >= 0"
-        return self.sampling.validate() or (self.refine.validate() if self.refine else None)
+            raise ValueError("the prompt is empty")
 
 
 class Stop(Message, tag="stop"):
     """The client has what it needs through token ``after_index`` (0-based); the cloud sends no token past it."""
 
-    request_id: str
-    after_index: int
+    request_id: RequestId
+    after_index: Annotated[int, Meta(ge=0)]
 
-    def validate(self) -> str | None:
-        """The first broken rule as a sentence, or None."""
-        return request_id_problem(self.request_id) or (None if self.after_index >= 0 else "after_index must be >= 0")
+    def __post_init__(self):
+        _check_request_id(self.request_id)
 
 
 class Cancel(Message, tag="cancel"):
     """Abandon a request; no more tokens for it, a ``Done(reason="cancelled")`` follows."""
 
-    request_id: str
+    request_id: RequestId
 
-    def validate(self) -> str | None:
-        """The first broken rule as a sentence, or None."""
-        return request_id_problem(self.request_id)
+    def __post_init__(self):
+        _check_request_id(self.request_id)
 
 
 class Ping(Message, tag="ping"):
@@ -206,7 +226,8 @@ class Accepted(Message, tag="accepted"):
 
 
 class Rejected(Message, tag="rejected"):
-    """The request will not run; terminal (no ``Done`` follows). ``reason`` is one of ``REJECT_REASONS``."""
+    """The request will not run; terminal (no ``Done`` follows). ``reason``: a ``RejectReason`` when sent by
+    this version; a decoded one is a plain string, possibly one this version does not know."""
 
     request_id: str
     reason: str
@@ -233,13 +254,22 @@ class RefinedPrompt(Message, tag="refined_prompt"):
 
 
 class Done(Message, tag="done"):
-    """The request is over; terminal. ``reason`` is one of ``DONE_REASONS``."""
+    """The request is over; terminal. ``reason``: a ``DoneReason`` when sent by this version; a decoded one
+    is a plain string, possibly one this version does not know."""
 
     request_id: str
     reason: str
     tokens_sent: int
     cloud_busy_s: float = 0.0
     stop_after_index: int | None = None  # the client's stop index the server honoured (None: no stop)
+
+    @property
+    def finish_reason(self) -> str:
+        """``DoneReason.finish_reason`` of ``reason``; a reason this version does not know passes through."""
+        try:
+            return DoneReason(self.reason).finish_reason
+        except ValueError:
+            return self.reason
 
 
 class Error(Message, tag="error"):

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, AsyncIterator
 
 from pdlink.common.protocol import Accepted, Done, RefinedPrompt, RefineOptions, Token
-from pdlink.common.protocol import SamplingParams as WireSampling
 from pdlink.common.sampling import Sampler
 from pdlink.edge.cloud_link import CloudFailure, CloudLink
 from pdlink.edge.emulation import EmulatedCloudLink, EmulatedDevice
@@ -128,9 +127,7 @@ class SessionRun:
         else:
             prompt = dict(prompt_messages=[{"role": "user", "content": self.prompt}])
         ratio = self.settings.refine_keep_ratio
-        sp = self.req.sampling
-        sampling = WireSampling(temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k, seed=sp.seed)
-        self.link.start(max_leading_tokens=self.settings.k, sampling=sampling,
+        self.link.start(max_leading_tokens=self.settings.k, sampling=self.req.sampling,
                         refine=RefineOptions(keep_ratio=ratio) if ratio else None, **prompt)
 
     def _step(self, step, started_s: float):

@@ -18,8 +18,8 @@ import websockets
 
 from pdlink.common.client import CloudClient, CloudError
 from pdlink.common.protocol import (
-    PROTOCOL_VERSION, Accepted, Cancel, Done, Error, Hello, Ping, Pong, PrefillRequest, Rejected, SamplingParams,
-    Stop, Token, Welcome, decode_server, encode,
+    PROTOCOL_VERSION, Accepted, Cancel, Done, Error, Hello, Ping, Pong, PrefillRequest, Rejected, Stop, Token,
+    Welcome, decode_server, encode,
 )
 from pdlink.cloud.server_process import ServerProcess
 from tests.model.reference import hf_greedy
@@ -305,7 +305,9 @@ def test_bad_frames_get_clear_errors_and_the_connection_survives(server, ref):
         answers["wrong_type"] = await raw.recv()
         await raw.send('{"type":"stop","request_id":"t1","after_index":"x"}')
         answers["wrong_type_stop"] = await raw.recv()
-        await raw.send(prefill("t2", ids, 4, sampling=SamplingParams(temperature=-1.0)))
+        # a SamplingParams with a negative temperature cannot be built: the frame is written by hand
+        await raw.send(json.dumps({"type": "prefill", "request_id": "t2", "max_leading_tokens": 4,
+                                   "prompt_token_ids": ids, "sampling": {"temperature": -1.0}}))
         answers["sampling"] = await raw.recv()
         await raw.send('{"type":"prefill","request_id":"t3","max_leading_tokens":2,"prompt_token_ids":[1],'
                        '"sampling":{"top_p":0}}')

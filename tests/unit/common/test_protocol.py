@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from pdlink.common.protocol import (
@@ -46,6 +47,28 @@ def req(rid="r1", **kw) -> PrefillRequest:
     if "prompt_text" not in kw:
         kw.setdefault("prompt_token_ids", [1, 2, 3])
     return PrefillRequest(request_id=rid, **kw)
+
+
+def req_frame(rid="r1", **kw) -> str:
+    """A prefill frame written field by field: it may break rules that ``req()`` cannot even be built with."""
+    kw.setdefault("max_leading_tokens", 4)
+    if "prompt_text" not in kw:
+        kw.setdefault("prompt_token_ids", [1, 2, 3])
+    return json.dumps({"type": "prefill", "request_id": rid, **kw})
+
+
+def refused(build) -> str:
+    """How a message that breaks a rule is refused: "built" (``__post_init__`` raised ValueError) or the
+    ``ProtocolError`` code of decoding its frame ("bad_field"); "" when it is valid."""
+    try:
+        msg = build()
+    except ValueError:
+        return "built"
+    try:
+        decode_client(encode(msg))
+    except ProtocolError as exc:
+        return exc.code
+    return ""
 
 
 def submit(server, request) -> list:
@@ -205,23 +228,24 @@ def test_oversized_frames():
 
 
 def test_sampling_and_request_validation():
-    assert SamplingParams().validate() is None
-    assert SamplingParams(temperature=1.2, top_p=0.5, top_k=5, seed=0).validate() is None
+    assert refused(lambda: req(sampling=SamplingParams())) == ""
+    assert refused(lambda: req(sampling=SamplingParams(temperature=1.2, top_p=0.5, top_k=5, seed=0))) == ""
     for bad in [dict(temperature=-0.1), dict(temperature=math.nan), dict(temperature=math.inf), dict(top_p=0.0),
                 dict(top_p=1.01), dict(top_p=math.nan), dict(top_k=-1), dict(seed=-1), dict(seed=2**64)]:
-        assert SamplingParams(**bad).validate(), bad
-    assert RefineOptions(keep_ratio=1.0).validate() is None
+        assert refused(lambda: req(sampling=SamplingParams(**bad))), bad
+    assert refused(lambda: req(refine=RefineOptions(keep_ratio=1.0))) == ""
     for bad in [dict(keep_ratio=0.0), dict(keep_ratio=1.5), dict(keep_ratio=math.nan), dict(window=-1)]:
-        assert RefineOptions(**bad).validate(), bad
-    assert req().validate() is None
-    assert req(prompt_text="hi", prompt_token_ids=None).validate() is None
-    for bad in [req(prompt_text="hi", prompt_token_ids=[1]), req(prompt_token_ids=None), req(prompt_token_ids=[]),
-                req(prompt_text="", prompt_token_ids=None), req(max_leading_tokens=0), req(prompt_token_ids=[-1]),
-                req(stop_token_ids=[-2]), req(rid=""), req(rid="x" * 129), req(rid="a\nb"),
-                req(sampling=SamplingParams(top_p=2.0)), req(refine=RefineOptions(window=-3))]:
-        assert bad.validate(), bad
-    assert Stop(request_id="r", after_index=-1).validate()
-    assert Cancel(request_id="").validate()
+        assert refused(lambda: req(refine=RefineOptions(**bad))), bad
+    assert refused(req) == ""
+    assert refused(lambda: req(prompt_text="hi", prompt_token_ids=None)) == ""
+    for bad in [dict(prompt_text="hi", prompt_token_ids=[1]), dict(prompt_token_ids=None), dict(prompt_token_ids=[]),
+                dict(prompt_text="", prompt_token_ids=None), dict(max_leading_tokens=0), dict(prompt_token_ids=[-1]),
+                dict(stop_token_ids=[-2]), dict(rid=""), dict(rid="x" * 129), dict(rid="a\nb"),
+                dict(sampling={"top_p": 2.0}), dict(refine={"window": -3})]:
+        assert refused(lambda: req(**bad)), bad
+        assert _code(decode_client, req_frame(**bad)).code == "bad_field", bad  # the same rule, on the wire
+    assert refused(lambda: Stop(request_id="r", after_index=-1))
+    assert refused(lambda: Cancel(request_id=""))
 
 
 # ---- server: handshake --------------------------------------------------------------------------
@@ -352,12 +376,12 @@ def test_text_prompt_over_the_limit_with_a_token_counter():
 
 
 @pytest.mark.parametrize("request_", [
-    req(sampling=SamplingParams(temperature=-1.0)), req(sampling=SamplingParams(top_p=0.0)),
-    req(sampling=SamplingParams(top_p=1.5)), req(sampling=SamplingParams(top_k=-1)),
-    req(sampling=SamplingParams(seed=-5)), req(max_leading_tokens=0), req(max_leading_tokens=9),
+    req_frame(sampling={"temperature": -1.0}), req_frame(sampling={"top_p": 0.0}),
+    req_frame(sampling={"top_p": 1.5}), req_frame(sampling={"top_k": -1}),
+    req_frame(sampling={"seed": -5}), req(max_leading_tokens=0), req(max_leading_tokens=9),
     req(prompt_token_ids=[1, VOCAB]), req(prompt_token_ids=[-1, 2]), req(prompt_token_ids=[10**30]),
-    req(stop_token_ids=[VOCAB + 5]), req(prompt_text="both", prompt_token_ids=[1]), req(prompt_token_ids=None),
-    req(prompt_token_ids=[]),
+    req(stop_token_ids=[VOCAB + 5]), req_frame(prompt_text="both", prompt_token_ids=[1]),
+    req_frame(prompt_token_ids=None), req_frame(prompt_token_ids=[]),
     req(refine=RefineOptions(keep_ratio=0.0)),
 ], ids=lambda r: str(r)[:90])
 def test_invalid_requests_are_rejected(request_):
@@ -375,7 +399,7 @@ def test_undecodable_prefill_with_a_request_id_is_rejected():
 def test_invalid_request_id_is_an_error_not_a_rejection():
     server = open_server()
     for rid in ["", "x" * 200, "tab\there"]:
-        (event,) = submit(server, req(rid))
+        (event,) = server.receive_frame(req_frame(rid))
         assert isinstance(event, ProtocolViolation) and event.code == "bad_field" and event.request_id is None
         assert sent(server)[0].code == "bad_field"
 
@@ -589,7 +613,7 @@ def test_client_requires_hello_first_and_only_once():
 def test_client_prefill_checks():
     server, client = open_pair()
     with pytest.raises(LocalProtocolError) as info:
-        client.prefill(req(sampling=SamplingParams(top_p=0.0)))
+        client.prefill(req(refine=RefineOptions(keep_ratio=0.0)))  # a rule only the decoder checks
     assert info.value.code == "bad_field"
     client.prefill(req("r1"))
     with pytest.raises(LocalProtocolError) as info:
@@ -753,10 +777,13 @@ def test_prompt_messages_are_a_third_prompt_form():
     from pdlink.common.protocol import ChatMessage
 
     chat = [ChatMessage(role="user", content="hi")]
-    assert req(prompt_token_ids=None, prompt_messages=chat).validate() is None
-    assert "exactly one" in req(prompt_messages=chat).validate()  # ids and messages together
-    assert req(prompt_token_ids=None, prompt_messages=[]).validate() == "the prompt is empty"
-    assert "roles" in req(prompt_token_ids=None, prompt_messages=[ChatMessage(role="robot", content="x")]).validate()
+    assert refused(lambda: req(prompt_token_ids=None, prompt_messages=chat)) == ""
+    with pytest.raises(ValueError, match="exactly one"):  # ids and messages together
+        req(prompt_messages=chat)
+    with pytest.raises(ValueError, match="the prompt is empty"):
+        req(prompt_token_ids=None, prompt_messages=[])
+    robot = [ChatMessage(role="robot", content="x")]
+    assert "role" in _code(decode_client, encode(req(prompt_token_ids=None, prompt_messages=robot))).message
     frame = ('{"type":"prefill","request_id":"m","max_leading_tokens":2,'
              '"prompt_messages":[{"role":"user","content":"hi","extra":1}]}')
     assert decode_client(frame).prompt_messages == chat
@@ -764,3 +791,41 @@ def test_prompt_messages_are_a_third_prompt_form():
     assert isinstance(submit(server, req("m", prompt_token_ids=None, prompt_messages=chat))[0], PrefillRequest)
     assert server.accept("m", prompt_tokens=7)
     assert sent(server)[-1] == Accepted(request_id="m", prompt_tokens=7)
+
+
+# ---- reasons, one SamplingParams, Sans-I/O -----------------------------------------------------------
+
+
+def test_reasons_are_their_wire_text():
+    from pdlink.common.protocol import DONE_REASONS, REJECT_REASONS, DoneReason, RejectReason
+
+    assert encode(Rejected(request_id="a", reason=RejectReason.OVERLOADED)) == encode(
+        Rejected(request_id="a", reason="overloaded"))
+    assert str(DoneReason.EOS) == f"{DoneReason.EOS}" == "eos" and DoneReason.EOS == "eos"
+    assert sorted(REJECT_REASONS) == ["invalid_request", "overloaded", "prompt_too_long", "shutting_down",
+                                      "unauthorized"]
+    assert {r.value: r.finish_reason for r in DONE_REASONS} == {
+        "eos": "stop", "max_leading_tokens": "length", "stopped": "stopped", "cancelled": "cancelled",
+        "error": "error", "disconnected": "disconnected"}
+    assert Done(request_id="a", reason="max_leading_tokens", tokens_sent=1).finish_reason == "length"
+    assert Done(request_id="a", reason="teleported", tokens_sent=1).finish_reason == "teleported"  # a future reason
+    assert decode_server(encode(Done(request_id="a", reason="later", tokens_sent=0))).reason == "later"
+
+
+def test_the_wire_sampling_params_are_the_samplers():
+    from pdlink.common.sampling import Sampler, SamplingParams as EngineSamplingParams
+
+    assert SamplingParams is EngineSamplingParams
+    sampling = decode_client(req_frame(sampling={"temperature": 0.5, "seed": 3})).sampling
+    assert sampling == SamplingParams(temperature=0.5, seed=3)
+    assert Sampler(sampling).sample(np.array([0.0, 9.0, 0.0])) in (0, 1, 2)
+
+
+def test_the_protocol_core_imports_no_io():
+    import subprocess
+    import sys
+
+    code = ("import sys, pdlink.common.protocol; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('asyncio', 'websockets')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
