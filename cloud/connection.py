@@ -122,8 +122,8 @@ class Connection:
                 if stream is not None:
                     stream.stop_after = event.after_index if stream.stop_after is None else \
                         min(stream.stop_after, event.after_index)
-                    if protocol.finish_reason(rid):
-                        self.end(rid, protocol.finish_reason(rid))
+                    if reason := protocol.finish_reason(rid):
+                        self.end(rid, reason)
             elif isinstance(event, Cancel):
                 if event.request_id in self.streams:
                     self.end(event.request_id, "cancelled")
