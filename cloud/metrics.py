@@ -1,5 +1,5 @@
 """Prometheus metrics of one cloud server, in its own ``CollectorRegistry`` (two servers in one process
-do not share counters). Gauges that mirror the scheduler are read from a snapshot at scrape time."""
+do not share counters). Gauges that mirror the scheduler are read from its stats snapshot at scrape time."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from pdlink.cloud.scheduler import SchedulerStats
 from pdlink.common.protocol import DONE_REASONS, REJECT_REASONS
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -17,10 +18,10 @@ TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.
 class CloudMetrics:
     """The server's counters; ``render()`` gives the Prometheus text exposition."""
 
-    def __init__(self, snapshot: Callable[[], dict]):
+    def __init__(self, stats: Callable[[], SchedulerStats]):
         self.registry = r = CollectorRegistry(auto_describe=True)
-        self._snapshot = snapshot
-        self._gauges = {
+        self._stats = stats
+        self._gauges = {  # SchedulerStats field -> gauge
             "queued": Gauge("pdlink_cloud_queue_depth", "Requests waiting for or in prefill", registry=r),
             "requests_live": Gauge("pdlink_cloud_requests_in_flight", "Requests accepted and not finished",
                                    registry=r),
@@ -51,11 +52,11 @@ class CloudMetrics:
         self._busy_seen = 0.0
 
     def render(self) -> bytes:
-        """Refresh the snapshot gauges and return the exposition text."""
-        snap = self._snapshot()
-        for key, gauge in self._gauges.items():
-            gauge.set(snap[key])
-        busy = snap["busy_s"]
+        """Refresh the scheduler's gauges and return the exposition text."""
+        stats = self._stats()
+        for name, gauge in self._gauges.items():
+            gauge.set(getattr(stats, name))
+        busy = stats.busy_s
         if busy > self._busy_seen:  # the counter follows the scheduler's own total
             self.busy.inc(busy - self._busy_seen)
             self._busy_seen = busy

@@ -1,7 +1,8 @@
 """The cloud backend on a compiled ``host`` package: the device's own :class:`~pdlink.edge.engine.Engine`.
 
-Serving the very package a device runs makes cloud and device tokens equal by construction; it is
-also the path to a GPU once a TVM build with a CUDA runtime is available (ARCHITECTURE.md section 5).
+Serving the very package a device runs makes cloud and device tokens equal by construction. It runs on
+the host CPU, since the TVM wheel used here has no CUDA runtime; a TVM build with one would make it a
+path to a GPU as well.
 """
 
 from __future__ import annotations
@@ -51,10 +52,6 @@ class PackageBackend(Backend):
 
     def free_sequence(self, seq_id: int) -> None:
         self.engine.remove_sequence(seq_id)
-
-    def sequence_length(self, seq_id: int) -> int:
-        """Tokens of the sequence already in its KV cache."""
-        return self.engine.num_computed_tokens(seq_id)
 
     def prefill(self, chunks: dict[int, Sequence[int]]) -> dict[int, np.ndarray]:
         engine, out = self.engine, {}

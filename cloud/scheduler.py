@@ -4,8 +4,8 @@ Each step runs (1) prefill chunks of the requests still reading their prompt, ta
 at most ``prefill_chunk_tokens`` per request and ``step_token_budget`` in all, so one long prompt
 cannot starve the others, and (2) ONE batched decode of every request that finished its prefill and
 still owes leading tokens. A request's KV cache is released as soon as it ends (stop, cancel,
-disconnect, EOS, k tokens). Admission (``can_accept``) estimates the new request's TTFT from the
-measured prefill speed and the queued work, so the server can reject at once instead of timing out.
+disconnect, EOS, k tokens). Admission (``can_accept``, ``admit``) is :mod:`pdlink.cloud.admission`'s:
+it estimates a newcomer's TTFT from the measured speeds and the queued work.
 
 Not thread-safe: the server's model worker serializes every call. ``schedule``/``execute``/``update``
 split a step so that a caller may release its lock while the backend computes; ``step`` runs all three.
@@ -13,15 +13,16 @@ split a step so that a caller may release its lock while the backend computes; `
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Hashable
 
 import numpy as np
 
+from pdlink.cloud.admission import Admission, AdmissionControl
 from pdlink.cloud.backend import Backend
+from pdlink.cloud.outputs import FinishedOutput, Output, RefinedOutput, TokenOutput
 from pdlink.cloud.refinement import select_kept_indices
 from pdlink.cloud.request import Request, RequestStatus
 
@@ -51,32 +52,17 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class TokenOutput:
-    """A request produced its token number ``index``."""
+class SchedulerStats:
+    """A consistent picture of the scheduler at one instant, for /healthz and /metrics."""
 
-    key: Hashable
-    index: int
-    token_id: int
-    time_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class FinishedOutput:
-    """A request ended inside a step (EOS, stop index reached, k tokens, backend error)."""
-
-    key: Hashable
-    status: RequestStatus
-    num_tokens: int
+    requests_live: int
+    queued: int  # waiting for or in prefill
+    decoding: int
+    kv_sequences: int  # backend sequences holding KV cache
+    prefill_tok_s: float
+    decode_step_s: float
     busy_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class RefinedOutput:
-    """A request's prompt was scored: the device may prefill only ``kept_indices`` (prompt positions)."""
-
-    key: Hashable
-    kept_indices: list[int]
-    keep_ratio: float
+    steps: int
 
 
 @dataclass(slots=True)
@@ -109,9 +95,7 @@ class Scheduler:
         self._prefill_queue: deque[Request] = deque()  # WAITING/PREFILLING, round-robin order
         self._decoding: list[Request] = []
         self._release: list[Request] = []  # finished requests whose backend sequence is not freed yet
-        self.prefill_tok_s = cfg.initial_prefill_tok_s  # moving average of measured prefill steps
-        self.prefill_measured = False
-        self.decode_step_s = 0.0
+        self.admission = AdmissionControl(cfg)
         self.busy_s = 0.0
         self.steps = 0
 
@@ -122,42 +106,27 @@ class Scheduler:
         return len(self._live)
 
     @property
-    def num_queued(self) -> int:
-        """Requests still reading their prompt (waiting or prefilling)."""
-        return len(self._prefill_queue)
-
-    @property
-    def num_decoding(self) -> int:
-        return len(self._decoding)
-
-    @property
     def has_work(self) -> bool:
         return bool(self._prefill_queue or self._decoding or self._release)
 
     def get(self, key: Hashable) -> Request | None:
         return self._live.get(key)
 
-    def estimate_ttft(self, prompt_tokens: int) -> float:
-        """Seconds until a new ``prompt_tokens`` request would get its first token, from the queued work.
+    def stats(self) -> SchedulerStats:
+        """The gauges now; a caller on another thread takes them under the lock that serializes this scheduler."""
+        a = self.admission
+        return SchedulerStats(len(self._live), len(self._prefill_queue), len(self._decoding),
+                              self.backend.num_sequences, a.prefill_tok_s, a.decode_step_s, self.busy_s, self.steps)
 
-        Round-robin prefill: the newcomer needs ``ceil(p / chunk)`` turns, and in each round every
-        queued request reads up to one chunk first, so each adds at most that many chunks of work.
-        Each step also pays one decode when some request decodes now or will once its prompt is in."""
-        p, chunk = max(1, prompt_tokens), self.cfg.prefill_chunk_tokens
-        rounds = math.ceil(p / chunk)
-        tokens = p + sum(min(r.remaining_prefill, rounds * chunk) for r in self._prefill_queue)
-        steps = max(rounds, math.ceil(tokens / self.cfg.step_token_budget))
-        decoders = self._decoding or any(r.max_tokens > 1 for r in self._prefill_queue)
-        decode_s = self.decode_step_s * steps if decoders else 0.0
-        return tokens / self.prefill_tok_s + decode_s
+    def estimate_ttft(self, prompt_tokens: int) -> float:
+        """Seconds until a new ``prompt_tokens`` request would get its first token, from the queued work."""
+        return self.admission.estimate_ttft(prompt_tokens, self._prefill_queue, self._decoding)
 
     def can_accept(self, prompt_tokens: int) -> tuple[bool, float]:
         """Ask before ``add``: (accepted, estimated TTFT in seconds). False when ``max_requests`` are live
         or the estimate is over ``ttft_budget_s``; the caller rejects then, with the estimate as a hint."""
-        estimate = self.estimate_ttft(prompt_tokens)
-        if len(self._live) >= self.cfg.max_requests:
-            return False, estimate
-        return estimate <= self.cfg.ttft_budget_s, estimate
+        verdict = self._admission(prompt_tokens)
+        return verdict.accepted, verdict.estimated_ttft_s
 
     # ------------------------------------------------------------------ commands
 
@@ -175,6 +144,15 @@ class Scheduler:
             request.arrival_s = self.clock()
         self._live[request.key] = request
         self._prefill_queue.append(request)
+
+    def admit(self, request: Request) -> Admission:
+        """``can_accept`` and ``add`` in one: the verdict, with the queue position of an accepted request.
+        Raises ValueError as ``add`` does (a refused request is not checked)."""
+        verdict = self._admission(request.num_prompt_tokens)
+        if verdict.accepted:
+            self.add(request)
+            verdict = replace(verdict, queue_position=len(self._prefill_queue) - 1)
+        return verdict
 
     def stop(self, key: Hashable, after_index: int) -> Request | None:
         """The client has tokens 0..after_index (or will): produce none past it; finishes the request at
@@ -196,7 +174,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ stepping
 
-    def step(self) -> list[TokenOutput | FinishedOutput | RefinedOutput]:
+    def step(self) -> list[Output]:
         """``schedule`` + ``execute`` + ``update`` in one call (single-threaded use)."""
         plan = self.schedule()
         if plan is None:
@@ -243,18 +221,13 @@ class Scheduler:
                                      [r.output_token_ids[-1] for r in plan.decode]) if plan.decode else None
         return StepResult(prefill, decode, t1 - t0, self.clock() - t1, kept)
 
-    def update(self, plan: StepPlan, result: StepResult) -> list[TokenOutput | FinishedOutput | RefinedOutput]:
+    def update(self, plan: StepPlan, result: StepResult) -> list[Output]:
         """Account a computed step: advance counters, sample tokens, end finished requests, free them."""
         now, outputs = self.clock(), []
         self.steps += 1
         self.busy_s += result.prefill_s + result.decode_s
         prefill_tokens = sum(b - a for _, a, b in plan.prefill)
-        if prefill_tokens and result.prefill_s > 0:
-            rate = prefill_tokens / result.prefill_s
-            self.prefill_tok_s = self._ema(self.prefill_tok_s, rate) if self.prefill_measured else rate
-            self.prefill_measured = True
-        if plan.decode:
-            self.decode_step_s = self._ema(self.decode_step_s or result.decode_s, result.decode_s)
+        self.admission.measure(prefill_tokens, result.prefill_s, result.decode_s if plan.decode else None)
         for req, a, b in plan.prefill:
             req.busy_s += result.prefill_s * (b - a) / prefill_tokens
             if req.status.finished:
@@ -285,6 +258,9 @@ class Scheduler:
         return outputs
 
     # ------------------------------------------------------------------ internals
+
+    def _admission(self, prompt_tokens: int) -> Admission:
+        return self.admission.decide(prompt_tokens, len(self._live), self._prefill_queue, self._decoding)
 
     def _refines(self, req: Request) -> bool:
         return req.refine is not None and self.backend.supports_refinement
@@ -321,6 +297,3 @@ class Scheduler:
         for req in self._release:
             self.backend.free_sequence(req.seq_id)
         self._release.clear()
-
-    def _ema(self, old: float, new: float) -> float:
-        return (1 - self.cfg.ema_alpha) * old + self.cfg.ema_alpha * new

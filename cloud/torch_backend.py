@@ -143,10 +143,6 @@ class TorchBackend(Backend):
         if self._batch is not None and not any(s in self._seqs for s in self._batch.rows):
             self._batch = None
 
-    def sequence_length(self, seq_id: int) -> int:
-        """Tokens of the sequence already in its KV cache."""
-        return self._seqs[seq_id].length
-
     def track_attention(self, seq_id: int, window: int) -> None:
         if self._seqs[seq_id].length:
             raise ValueError(f"sequence {seq_id} is prefilled already: track it before its first chunk")

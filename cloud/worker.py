@@ -1,9 +1,10 @@
 """The model worker: one thread that owns the backend and steps the scheduler.
 
-The asyncio side never calls the backend. It sends commands (``submit``, ``stop``, ``cancel``) that
-take effect on the scheduler's bookkeeping at once (under a lock) and wake the thread; the thread
-frees sequences, plans a step, computes it without the lock (backend calls release the GIL), then
-accounts for it and hands the outputs to ``on_outputs`` (called from the worker thread).
+The asyncio side never calls the backend and never reads the scheduler or a live request. It sends
+commands (``admit``, ``stop``, ``cancel``) that take effect on the scheduler's bookkeeping at once
+(under a lock) and wake the thread, and reads ``stats()``, a frozen snapshot taken under the same lock.
+The thread frees sequences, plans a step, computes it without the lock (backend calls release the
+GIL), then accounts for it and hands the frozen outputs to ``on_outputs`` (called from the worker thread).
 """
 
 from __future__ import annotations
@@ -12,19 +13,19 @@ import logging
 import threading
 from typing import Callable, Hashable
 
+from pdlink.cloud.admission import Admission
+from pdlink.cloud.outputs import Output
 from pdlink.cloud.request import Request
-from pdlink.cloud.scheduler import FinishedOutput, RefinedOutput, Scheduler, TokenOutput
+from pdlink.cloud.scheduler import Scheduler, SchedulerStats
 
 log = logging.getLogger(__name__)
-
-Outputs = list[TokenOutput | FinishedOutput | RefinedOutput]
 
 
 class ModelWorker:
     """Thread-safe front of a :class:`Scheduler`; ``start()`` it, ``close()`` it."""
 
-    def __init__(self, scheduler: Scheduler, on_outputs: Callable[[Outputs], None]):
-        self.scheduler = scheduler
+    def __init__(self, scheduler: Scheduler, on_outputs: Callable[[list[Output]], None]):
+        self._scheduler = scheduler
         self._on_outputs = on_outputs
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -34,9 +35,9 @@ class ModelWorker:
     def warm_up(self, prompt_token_ids: list[int], max_tokens: int = 4) -> None:
         """Run one request through the scheduler before ``start()``: compiles kernels, pages in the weights,
         and measures the prefill speed that admission control starts from."""
-        sched = self.scheduler
+        sched = self._scheduler
         for attempt in range(2):  # the first pass pays one-time costs; only the second one is measured
-            sched.prefill_measured = False
+            sched.admission.prefill_measured = False
             req = Request(("warm-up", attempt), prompt_token_ids, max_tokens)
             sched.add(req)
             while not req.status.finished or sched.has_work:
@@ -61,40 +62,37 @@ class ModelWorker:
 
     # ------------------------------------------------------------------ commands (any thread)
 
-    def can_accept(self, prompt_tokens: int) -> tuple[bool, float]:
-        with self._lock:
-            return self.scheduler.can_accept(prompt_tokens)
-
-    def submit(self, request: Request) -> None:
-        """Queue an admitted request. Raises ValueError as ``Scheduler.add`` does."""
+    def admit(self, request: Request) -> Admission:
+        """Admit or refuse a request in one step (``Scheduler.admit``); an accepted one is queued.
+        Raises ValueError as ``Scheduler.add`` does."""
         with self._wake:
-            self.scheduler.add(request)
+            verdict = self._scheduler.admit(request)
+            self._wake.notify()
+            return verdict
+
+    def stop(self, key: Hashable, after_index: int) -> None:
+        with self._wake:
+            self._scheduler.stop(key, after_index)
             self._wake.notify()
 
-    def stop(self, key: Hashable, after_index: int) -> Request | None:
+    def cancel(self, request: Request, disconnected: bool = False) -> float:
+        """End ``request`` unless it has ended already; returns its backend seconds so far (read under the
+        lock, since a step that ran it may still be accounting for it)."""
         with self._wake:
-            req = self.scheduler.stop(key, after_index)
-            self._wake.notify()
-            return req
-
-    def cancel(self, key: Hashable, disconnected: bool = False) -> Request | None:
-        with self._wake:
-            req = self.scheduler.cancel(key, disconnected)
+            if self._scheduler.get(request.key) is request:
+                self._scheduler.cancel(request.key, disconnected)
             self._wake.notify()  # wakes an idle worker so the sequence is freed now, not at the next request
-            return req
+            return request.busy_s
 
-    def snapshot(self) -> dict:
-        """Gauges for /healthz and /metrics."""
+    def stats(self) -> SchedulerStats:
+        """A consistent snapshot for /healthz and /metrics."""
         with self._lock:
-            s = self.scheduler
-            return {"requests_live": s.num_live, "queued": s.num_queued, "decoding": s.num_decoding,
-                    "kv_sequences": s.backend.num_sequences, "prefill_tok_s": s.prefill_tok_s,
-                    "decode_step_s": s.decode_step_s, "busy_s": s.busy_s, "steps": s.steps}
+            return self._scheduler.stats()
 
     # ------------------------------------------------------------------ the thread
 
     def _run(self) -> None:
-        sched = self.scheduler
+        sched = self._scheduler
         while True:
             with self._wake:
                 while not self._closing and not sched.has_work:

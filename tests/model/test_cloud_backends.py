@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pdlink.cloud.outputs import TokenOutput
 from pdlink.cloud.request import Request
-from pdlink.cloud.scheduler import Scheduler, SchedulerConfig, TokenOutput
+from pdlink.cloud.scheduler import Scheduler, SchedulerConfig
 from tests.model.prompts import chat_prompts
 from tests.model.reference import hf_greedy
 

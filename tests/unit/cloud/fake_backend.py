@@ -1,4 +1,5 @@
-"""A fake :class:`Backend` for scheduler tests: deterministic logits, a fake clock, every call recorded."""
+"""A fake :class:`Backend` for scheduler and server tests: deterministic logits, a fake clock, every call
+recorded, and a fake tokenizer (one letter per token)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,21 @@ def continuation(prompt: Sequence[int], n: int) -> list[int]:
     return out
 
 
+class FakeTokenizer:
+    """Token t reads as one letter; text encodes char by char into ids 1..VOCAB-1 (0 is the fake EOS)."""
+
+    hash = "fake-tokenizer"
+
+    def encode(self, text: str) -> list[int]:
+        return [1 + ord(c) % (VOCAB - 1) for c in text]
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        return "".join(chr(ord("a") + t % 26) for t in ids)
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
+
+
 class FakeClock:
     def __init__(self):
         self.now = 1000.0
@@ -41,6 +57,7 @@ class FakeBackend(Backend):
         self.clock, self.max_sequences, self.context_window = clock, max_sequences, context_window
         self.prefill_s_per_token, self.decode_s = prefill_s_per_token, decode_s
         self.model_id, self.vocab_size, self.eos_token_ids, self.info = "fake", VOCAB, (0,), {"backend": "fake"}
+        self.tokenizer = FakeTokenizer()
         self.seqs: dict[int, list[int]] = {}
         self.prefill_calls: list[dict[int, int]] = []  # seq id -> chunk length, per call
         self.decode_calls: list[list[int]] = []

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from pdlink.cloud.refinement import RefineSpec, kept_fraction_of, select_kept_indices
+from pdlink.cloud.outputs import FinishedOutput, RefinedOutput, TokenOutput
 from pdlink.cloud.request import Request
-from pdlink.cloud.scheduler import FinishedOutput, RefinedOutput, Scheduler, SchedulerConfig, TokenOutput
+from pdlink.cloud.scheduler import Scheduler, SchedulerConfig
 
 from .fake_backend import FakeBackend, FakeClock
 

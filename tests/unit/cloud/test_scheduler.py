@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from pdlink.cloud.outputs import FinishedOutput, TokenOutput
 from pdlink.cloud.request import Request, RequestStatus
-from pdlink.cloud.scheduler import FinishedOutput, Scheduler, SchedulerConfig, TokenOutput
+from pdlink.cloud.scheduler import Scheduler, SchedulerConfig
 
 from .fake_backend import FakeBackend, FakeClock, continuation
 
@@ -192,7 +193,7 @@ def test_admission_estimates_from_measured_speed_and_queued_work():
     assert sched.estimate_ttft(50) == pytest.approx(0.5)  # before any step: the configured speed
     sched.add(Request("warm", prompt(64), max_tokens=1))
     sched.step()
-    assert sched.prefill_tok_s == pytest.approx(1000.0)  # 64 tokens in 64 fake ms
+    assert sched.stats().prefill_tok_s == pytest.approx(1000.0)  # 64 tokens in 64 fake ms
     assert sched.can_accept(500) == (True, pytest.approx(0.5))
     sched.add(Request("a", prompt(300), max_tokens=1))
     sched.add(Request("b", prompt(100), max_tokens=1))
@@ -208,18 +209,33 @@ def test_admission_estimates_from_measured_speed_and_queued_work():
     assert sched.can_accept(1)[0] is True
 
 
+def test_admit_queues_an_accepted_request_and_says_why_it_refuses_one():
+    sched, backend = make(step_token_budget=64, prefill_chunk_tokens=64, ttft_budget_s=1.0, max_requests=2,
+                          initial_prefill_tok_s=100.0)
+    first = sched.admit(Request("a", prompt(10), max_tokens=1))
+    assert first.accepted and first.queue_position == 0 and first.estimated_ttft_s == pytest.approx(0.1)
+    assert sched.admit(Request("b", prompt(10), max_tokens=1)).queue_position == 1
+    slow = sched.admit(Request("c", prompt(10), max_tokens=1))  # max_requests are live
+    assert not slow.accepted and slow.retry_after_s == 1.0 and "limit of 2 requests" in slow.message
+    run(sched)
+    late = sched.admit(Request("d", prompt(1500), max_tokens=1))  # 1.5 s at the measured 1000 tokens/s
+    assert not late.accepted and "over the budget" in late.message
+    assert late.retry_after_s == pytest.approx(late.estimated_ttft_s - 1.0, abs=1e-3)
+    assert sched.get("c") is None and sched.get("d") is None and sched.stats().requests_live == 0
+
+
 def test_admission_counts_decode_steps_and_speed_follows_a_moving_average():
     sched, backend = make(step_token_budget=32, prefill_chunk_tokens=32, ema_alpha=0.5)
     sched.add(Request("chat", prompt(32), max_tokens=50))
     sched.step()
     sched.step()
-    assert sched.decode_step_s == pytest.approx(0.02)
+    assert sched.stats().decode_step_s == pytest.approx(0.02)
     assert sched.estimate_ttft(64) == pytest.approx(64 / 1000 + 2 * 0.02)
     backend.prefill_s_per_token = 0.003  # the backend slows down
     sched.add(Request("doc", prompt(32, start=4), max_tokens=1))
     sched.step()
     measured = 32 / (32 * 0.003)
-    assert sched.prefill_tok_s == pytest.approx(0.5 * 1000 + 0.5 * measured)
+    assert sched.stats().prefill_tok_s == pytest.approx(0.5 * 1000 + 0.5 * measured)
 
 
 def test_request_status_transitions_are_checked_and_ordered():
