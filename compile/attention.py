@@ -6,7 +6,8 @@ prefill, appended tokens), paged decode, and the merge of two attention states. 
 them with kernels of the same signatures and semantics (output, and ``lse`` in log2 units), in
 
 * :mod:`pdlink.compile.attention_prefill` and :mod:`pdlink.compile.attention_decode`, built from
-* :mod:`pdlink.compile.attention_core`: the online-softmax block, the tile macros, ``exp2``;
+* :mod:`pdlink.compile.attention_core`: the online-softmax block, the tile macros, the paged KV
+  cache arguments, ``exp2``;
 
 and the merge below. What makes them fast:
 

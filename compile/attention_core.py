@@ -52,6 +52,29 @@ def tile_positions(group: int) -> int:
     return tq * max(1, TILE_ROWS // (tq * group))
 
 
+def paged_seq_len(page_indptr, last_page_len, b, page_size: int):
+    """Number of keys of sequence ``b`` in the page table (its last page holds ``last_page_len[b]``)."""
+    n_pages = page_indptr[b + 1] - page_indptr[b]
+    return T.Select(n_pages > 0, (n_pages - 1) * page_size + last_page_len[b], 0)
+
+
+def match_paged_kv(var_pages, var_page_indptr, var_page_values, var_length_info, var_k_rope_pos_offset, batch_size, h_kv, page_size, d, dtype):
+    """In a paged kernel's prim_func: bind the KV cache arguments of TVM's paged prefill and decode kernels.
+
+    Returns ``pages[max_num_pages, 2 (k, v), h_kv, page_size, d]``, the page table of each of the
+    ``batch_size`` sequences (``page_indptr``, ``page_values``), ``last_page_len`` and ``k_rope_pos_offset``.
+    """
+    nnz_pages, max_num_pages = tirx.Var("nnz_pages", "int32"), tirx.Var("max_num_pages", "int32")
+    offsets = [tirx.Var(name, "int32") for name in ("page_indptr_off", "page_values_off", "length_info_off", "k_rope_off")]
+    return (
+        T.match_buffer(var_pages, (max_num_pages, 2, h_kv, page_size, d), dtype),
+        T.match_buffer(var_page_indptr, (batch_size + 1,), "int32", elem_offset=offsets[0]),
+        T.match_buffer(var_page_values, (nnz_pages,), "int32", elem_offset=offsets[1]),
+        T.match_buffer(var_length_info, (batch_size,), "int32", elem_offset=offsets[2]),
+        T.match_buffer(var_k_rope_pos_offset, (batch_size,), "int32", elem_offset=offsets[3]),
+    )
+
+
 def make_prefill_core(rows: int, d_qk: int, d_v: int):
     """Macro ``block`` folding one block of ``BK`` keys into the running softmax state of a tile.
 

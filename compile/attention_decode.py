@@ -14,7 +14,7 @@ from tvm.relax.frontend.nn.llm import _decode_kernels
 from tvm.relax.frontend.nn.llm._kernel_common import _rope
 from tvm.script import tirx as T
 
-from pdlink.compile.attention_core import LANES, NEG, SCALE_LOG2E, exp2_approx, supported
+from pdlink.compile.attention_core import LANES, NEG, SCALE_LOG2E, exp2_approx, match_paged_kv, paged_seq_len, supported
 
 DECODE_CHUNK_PAGES = 4  # pages per work item (more items than threads on long contexts)
 
@@ -151,14 +151,13 @@ def attention_decode_cpu(num_kv_heads, num_qo_heads, head_dim, qkv_dtype, slidin
         rotary_mode: T.int32, rope_scale: T.float32, rope_theta: T.float32, sm_scale: T.float32,
     ):
         T.func_attr({"tirx.is_scheduled": True})
-        B, nnz_pages, max_num_pages = T.int32(), T.int32(), T.int32()
-        page_indptr_off, page_values_off, k_rope_off, q_rope_off, length_info_off = T.int32(), T.int32(), T.int32(), T.int32(), T.int32()
+        B, q_rope_off = T.int32(), T.int32()
         Q = T.match_buffer(Q_handle, (B, h_q, d), dtype)
-        pages = T.match_buffer(pages_handle, (max_num_pages, 2, h_kv, page_size, d), dtype)
-        page_indptr = T.match_buffer(page_table_indptr_handle, (B + 1,), "int32", elem_offset=page_indptr_off)
-        page_values = T.match_buffer(page_table_values_handle, (nnz_pages,), "int32", elem_offset=page_values_off)
-        last_page_len = T.match_buffer(var_length_info, (B,), "int32", elem_offset=length_info_off)
-        k_rope_pos_offset = T.match_buffer(k_rope_pos_offset_handle, (B,), "int32", elem_offset=k_rope_off)
+        pages, page_indptr, page_values, last_page_len, k_rope_pos_offset = match_paged_kv(
+            pages_handle, page_table_indptr_handle, page_table_values_handle, var_length_info, k_rope_pos_offset_handle,
+            B, h_kv, page_size, d, dtype,
+        )
+        nnz_pages = page_values.shape[0]
         q_rope_position = T.match_buffer(q_rope_position_handle, (B,), "int32", elem_offset=q_rope_off)
         output = T.match_buffer(output_handle, (B, h_q, d), dtype)
         lse = T.match_buffer(lse_handle, (B, h_q), "float32")
@@ -173,7 +172,7 @@ def attention_decode_cpu(num_kv_heads, num_qo_heads, head_dim, qkv_dtype, slidin
                 T.writes()
                 qs, o, kb, s, part, m, l, mx, alpha, acc = _alloc_decode(h_q, group, d, page_size)
                 b: T.let[T.int32] = p // n_chunks
-                n_kv: T.let[T.int32] = _seq_len(page_indptr, last_page_len, b, page_size)
+                n_kv: T.let[T.int32] = paged_seq_len(page_indptr, last_page_len, b, page_size)
                 pg_end: T.let[T.int32] = T.min(T.ceildiv(n_kv, page_size), (p % n_chunks + 1) * chunk)
                 if p % n_chunks * chunk < pg_end:
                     load_queries(Q, q_rope_position, b, qs, m, l, o, rotary_mode, rope_scale, rope_theta, sm_scale)
@@ -195,7 +194,7 @@ def attention_decode_cpu(num_kv_heads, num_qo_heads, head_dim, qkv_dtype, slidin
                 T.reads()
                 T.writes()
                 acc = T.sblock_alloc_buffer((d + 2,), "float32")
-                n_pages: T.let[T.int32] = T.ceildiv(_seq_len(page_indptr, last_page_len, p // h_q, page_size), page_size)
+                n_pages: T.let[T.int32] = T.ceildiv(paged_seq_len(page_indptr, last_page_len, p // h_q, page_size), page_size)
                 merge_chunks(part_o, part_ml, p // h_q * n_chunks, T.ceildiv(n_pages, chunk), acc, output, lse, p // h_q, p % h_q)
 
     return batch_decode_paged_kv
@@ -207,8 +206,3 @@ def _alloc_decode(h_q: int, group: int, d: int, page_size: int):
     shapes = [(h_q, d), (h_q, d), (page_size, d), (group, page_size), (group, LANES), (h_q,), (h_q,), (group,), (group,), (group, d)]
     return tuple(T.sblock_alloc_buffer(shape, f32) for shape in shapes)
 
-
-def _seq_len(page_indptr, last_page_len, b, page_size: int):
-    """Number of keys of sequence ``b`` in the page table."""
-    n_pages = page_indptr[b + 1] - page_indptr[b]
-    return T.Select(n_pages > 0, (n_pages - 1) * page_size + last_page_len[b], 0)

@@ -17,28 +17,58 @@ import numpy as np
 from pdlink.common.model_config import LlamaConfig
 from pdlink.common.models import DEFAULT_MODEL
 
-_HF_NAMES = {
-    "q": "self_attn.q_proj",
-    "k": "self_attn.k_proj",
-    "v": "self_attn.v_proj",
-    "o": "self_attn.o_proj",
-    "gate": "mlp.gate_proj",
-    "up": "mlp.up_proj",
-    "down": "mlp.down_proj",
-    "input_norm": "input_layernorm",
-    "post_norm": "post_attention_layernorm",
-}
-_GGUF_NAMES = {
-    "q": "attn_q",
-    "k": "attn_k",
-    "v": "attn_v",
-    "o": "attn_output",
-    "gate": "ffn_gate",
-    "up": "ffn_up",
-    "down": "ffn_down",
-    "input_norm": "attn_norm",
-    "post_norm": "ffn_norm",
-}
+@dataclass(frozen=True)
+class _TensorNames:
+    """How a checkpoint format names the logical tensors: ``embed``, ``lm_head`` and ``norm`` whole,
+    ``layers.{i}.{part}`` by the ``layer`` pattern with the format's name of the part."""
+
+    embed: str
+    lm_head: str
+    norm: str
+    layer: str
+    parts: dict[str, str]
+
+    def key(self, name: str) -> str:
+        if name in ("embed", "lm_head", "norm"):
+            return getattr(self, name)
+        _, i, part = name.split(".")
+        return self.layer.format(i=i, part=self.parts[part])
+
+
+_HF_NAMES = _TensorNames(
+    embed="model.embed_tokens.weight",
+    lm_head="lm_head.weight",
+    norm="model.norm.weight",
+    layer="model.layers.{i}.{part}.weight",
+    parts={
+        "q": "self_attn.q_proj",
+        "k": "self_attn.k_proj",
+        "v": "self_attn.v_proj",
+        "o": "self_attn.o_proj",
+        "gate": "mlp.gate_proj",
+        "up": "mlp.up_proj",
+        "down": "mlp.down_proj",
+        "input_norm": "input_layernorm",
+        "post_norm": "post_attention_layernorm",
+    },
+)
+_GGUF_NAMES = _TensorNames(
+    embed="token_embd.weight",
+    lm_head="output.weight",
+    norm="output_norm.weight",
+    layer="blk.{i}.{part}.weight",
+    parts={
+        "q": "attn_q",
+        "k": "attn_k",
+        "v": "attn_v",
+        "o": "attn_output",
+        "gate": "ffn_gate",
+        "up": "ffn_up",
+        "down": "ffn_down",
+        "input_norm": "attn_norm",
+        "post_norm": "ffn_norm",
+    },
+)
 
 
 class CheckpointError(ValueError):
@@ -139,20 +169,10 @@ class GGUFCheckpoint:
             eos_token_ids=() if eos is None else (int(eos),),
         )
 
-    def _gguf_name(self, name: str) -> str:
-        if name == "embed":
-            return "token_embd.weight"
-        if name == "lm_head":
-            return "output.weight"
-        if name == "norm":
-            return "output_norm.weight"
-        _, i, part = name.split(".")
-        return f"blk.{i}.{_GGUF_NAMES[part]}.weight"
-
     def matrix(self, name: str) -> MatrixSource:
         import gguf
 
-        t = self._tensors[self._gguf_name(name)]
+        t = self._tensors[_GGUF_NAMES.key(name)]
         shape = (int(t.shape[1]), int(t.shape[0]))  # GGUF lists dims innermost first
         raw = np.asarray(t.data).reshape(shape[0], -1)
         kind = name.rsplit(".", 1)[-1]
@@ -165,7 +185,7 @@ class GGUFCheckpoint:
         )
 
     def vector(self, name: str) -> np.ndarray:
-        return np.asarray(self._tensors[self._gguf_name(name)].data, dtype=np.float32).copy()
+        return np.asarray(self._tensors[_GGUF_NAMES.key(name)].data, dtype=np.float32).copy()
 
     def save_tokenizer(self, out_dir: Path) -> dict:
         """Write ``tokenizer.json`` (converted by transformers from the GGUF vocab); return tokenizer info."""
@@ -209,18 +229,8 @@ class HFCheckpoint:
             for key in handle.keys():
                 self._files[key] = handle
 
-    def _hf_name(self, name: str) -> str:
-        if name == "embed":
-            return "model.embed_tokens.weight"
-        if name == "lm_head":
-            return "lm_head.weight"
-        if name == "norm":
-            return "model.norm.weight"
-        _, i, part = name.split(".")
-        return f"model.layers.{i}.{_HF_NAMES[part]}.weight"
-
     def _get(self, name: str) -> np.ndarray:
-        key = self._hf_name(name)
+        key = _HF_NAMES.key(name)
         if key not in self._files:
             raise CheckpointError(f"{self.path}: tensor {key} is missing")
         return self._files[key].get_tensor(key).astype(np.float32)

@@ -4,7 +4,7 @@
 //  * Checking cross-compiled packages: built for aarch64 with aarch64-linux-gnu-g++ against the
 //    aarch64 wheel's libtvm_runtime.so / libtvm_ffi.so, it runs a `linux-arm64` package under
 //    qemu-aarch64-static, and its tokens are compared with the host package's
-//    (pdlink.android_bridge.emulation, tests/model/test_arm64_emulation.py). Built natively with
+//    (pdlink.android_bridge.qemu_runner, tests/model/test_arm64_emulation.py). Built natively with
 //    g++ against the x86_64 wheel it runs the host package, which validates the runner itself.
 //  * The seed of the Android/JNI bridge: these are exactly the calls a JNI wrapper makes -- load
 //    the model library, create the Relax VM (vm_load_executable + vm_initialization), load the

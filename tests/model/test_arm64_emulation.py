@@ -31,34 +31,34 @@ def host_reference(q4_1_package):
     return ids, tokens
 
 
-def _emulation():
-    from pdlink.android_bridge import emulation
+def _qemu_runner():
+    from pdlink.android_bridge import qemu_runner
 
     missing = None
     try:
-        emulation.require_cross_tools()
-    except emulation.CrossToolsMissing as exc:
+        qemu_runner.require_cross_tools()
+    except qemu_runner.CrossToolsMissing as exc:
         missing = str(exc)
     if missing:  # a failure, not a skip: `make test` installs the tools
         pytest.fail(missing, pytrace=False)
-    return emulation
+    return qemu_runner
 
 
 def test_native_runner_matches_the_engine_on_host(q4_1_package, host_reference):
     """The C++ runner itself (built with g++ against this venv's TVM) agrees with the Python engine."""
-    from pdlink.android_bridge import emulation
+    from pdlink.android_bridge import qemu_runner
 
     ids, expected = host_reference
-    result = emulation.run_host(q4_1_package, ids, NUM_TOKENS, num_threads=2)
+    result = qemu_runner.run_host(q4_1_package, ids, NUM_TOKENS, num_threads=2)
     assert result.tokens == expected
     assert result.prompt_tokens == len(ids)
 
 
 def test_arm64_package_under_qemu_matches_host(q4_1_package, host_reference):
-    emulation = _emulation()
+    qemu_runner = _qemu_runner()
     ids, expected = host_reference
     arm64_package = build_cached_package("q4_1", target="linux-arm64")
-    result = emulation.run_arm64(arm64_package, ids, NUM_TOKENS, num_threads=2, timeout_s=600)
+    result = qemu_runner.run_arm64(arm64_package, ids, NUM_TOKENS, num_threads=2, timeout_s=600)
     print(f"arm64 under qemu: prefill {result.prefill_s:.1f} s ({len(ids)} tokens), "
           f"decode {result.decode_s:.1f} s ({NUM_TOKENS - 1} tokens), wall {result.wall_s:.1f} s")
     assert result.tokens == expected, (

@@ -13,7 +13,7 @@ Tools: Debian packages ``qemu-user-static``, ``g++-aarch64-linux-gnu`` and ``lib
 (``install_cross_tools.sh``).
 Everything built or downloaded is cached under ``.cache/arm64-tvm/`` (``PDLINK_ARM64_CACHE``).
 
-Command line: ``python -m pdlink.android_bridge.emulation --package DIR --prompt-ids 1,2,3 [--host]``.
+Command line: ``python -m pdlink.android_bridge.qemu_runner --package DIR --prompt-ids 1,2,3 [--host]``.
 """
 
 from __future__ import annotations
