@@ -23,11 +23,13 @@ from typing import AsyncIterator, Iterator
 from pdlink.common.sampling import SamplingParams
 from pdlink.common.tokenizer import end_of_turn_ids
 from pdlink.edge.cloud_link import CloudTarget
-from pdlink.edge.device_profile import DeviceProfile, named_profile
+from pdlink.edge.device_profile import DeviceProfile, resolve_profile
 from pdlink.edge.emulation import EmulatedDevice, NetworkEmulation
 from pdlink.edge.session_result import SessionResult
 from pdlink.edge.session_run import SessionRun, SessionToken
 from pdlink.edge.session_settings import REFINE_MODES, CloudEstimate, SessionSettings, decide_settings
+from pdlink.edge.settings_model import CHUNK_CHOICES
+from pdlink.edge.settings_v2 import decide_settings_v2
 
 MODES = ("pd", "device", "cloud")
 
@@ -40,7 +42,7 @@ class SessionConfig:
 
     package: str | None = None  # None: cloud mode only (the cloud tokenizes the prompt)
     cloud: CloudTarget | None = None
-    device_profile: str | DeviceProfile | None = None  # emulate "phone", "laptop" or a profile; None = this machine
+    device_profile: str | DeviceProfile | None = None  # emulate a named profile, a profile JSON file or a profile; None = this machine
     network: NetworkEmulation = field(default_factory=NetworkEmulation)
     threads: int = 0
     context_window: int = 0
@@ -50,10 +52,15 @@ class SessionConfig:
     done_wait_s: float = 5.0  # how long to wait for the cloud's final report after the answer
     refine: str = "off"  # prompt refinement in pd mode: "off" (lossless), "auto" (when it pays), "on"
     refine_keep_ratio: float = 0.5  # share of the prompt a refined prompt keeps
+    ttft_slo_s: float | None = None  # pd settings v2: the TTFT SLO (None: as soon as the cloud can)
+    settings_version: int = 2  # pd settings decision: 2 (least cloud seconds, settings_v2) or 1 (closed form)
 
     def __post_init__(self):
         if isinstance(self.device_profile, str):
-            named_profile(self.device_profile)  # raises with the list of names
+            resolve_profile(self.device_profile)  # raises with the list of names, or the file's bad field
+        if self.settings_version not in (1, 2) or (self.ttft_slo_s is not None and self.ttft_slo_s <= 0):
+            raise ValueError(f"settings_version must be 1 or 2 and ttft_slo_s > 0, got {self.settings_version} "
+                             f"and {self.ttft_slo_s}")
         if self.max_gap_s <= 0 or self.chunk_size < 1 or self.done_wait_s < 0:
             raise ValueError("max_gap_s must be > 0, chunk_size >= 1 and done_wait_s >= 0")
         if self.refine not in REFINE_MODES:
@@ -108,7 +115,7 @@ class Session:
             engine = Engine(EngineConfig(package=cfg.package, num_threads=cfg.threads,
                                          context_window=cfg.context_window, max_num_sequences=1))
         self.engine = engine
-        emulated = named_profile(cfg.device_profile) if isinstance(cfg.device_profile, str) else cfg.device_profile
+        emulated = resolve_profile(cfg.device_profile) if isinstance(cfg.device_profile, str) else cfg.device_profile
         self.device = EmulatedDevice(engine, emulated) if emulated is not None and engine is not None else engine
         self._profile = emulated or profile
         self.tokenizer = engine.tokenizer if engine is not None else None
@@ -220,9 +227,16 @@ class Session:
             return SessionSettings(False, 0, 0.0, chunk, reason="device mode")
         if req.mode == "cloud":
             return SessionSettings(True, req.max_tokens, 0.0, chunk, reason="cloud mode")
-        settings = decide_settings(prompt_tokens, req.max_tokens, self.profile, self.cfg.cloud_estimate,
-                                   max_gap_s=self.cfg.max_gap_s, chunk_size=chunk, refine=req.refine or self.cfg.refine,
-                                   keep_ratio=self.cfg.refine_keep_ratio)
+        refine = req.refine or self.cfg.refine
+        if self.cfg.settings_version == 2:
+            chunks = (chunk,) if req.chunk_size else tuple(c for c in CHUNK_CHOICES if c <= chunk) or (chunk,)
+            settings = decide_settings_v2(prompt_tokens, req.max_tokens, self.profile, self.cfg.cloud_estimate,
+                                          max_gap_s=self.cfg.max_gap_s, ttft_slo_s=self.cfg.ttft_slo_s, refine=refine,
+                                          keep_ratio=self.cfg.refine_keep_ratio, chunks=chunks)
+        else:
+            settings = decide_settings(prompt_tokens, req.max_tokens, self.profile, self.cfg.cloud_estimate,
+                                       max_gap_s=self.cfg.max_gap_s, chunk_size=chunk, refine=refine,
+                                       keep_ratio=self.cfg.refine_keep_ratio)
         if req.k is None and req.pace_s is None and req.chunk_size is None:
             return settings
         return replace(settings, use_cloud=settings.use_cloud if req.k is None else req.k > 0,

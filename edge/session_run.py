@@ -44,9 +44,10 @@ class SessionRun:
         self.s, self.req, self.prompt, self.ids, self.settings = session, req, prompt, ids, settings
         self.seq, self.cached_tokens = seq, cached_tokens
         stop_ids = set() if req.ignore_eos else session.stop_ids
+        gap_bound = max(session.cfg.max_gap_s, settings.gap_bound_s or 0.0)  # v2: the pace may be the device's TPOT
         self.core = SessionCore(
             ids or [], max_tokens=req.max_tokens, stop_token_ids=stop_ids, chunk_size=settings.chunk_size,
-            pace_s=settings.pace_s, max_gap_s=session.cfg.max_gap_s if req.mode == "pd" else None,
+            pace_s=settings.pace_s, max_gap_s=gap_bound if req.mode == "pd" else None,
             use_cloud=settings.use_cloud, device_compute=req.mode != "cloud", cloud_limit=settings.k,
             plan=self._plan() if req.mode == "pd" and settings.use_cloud else None,
             fallback=settings.reason if req.mode == "pd" and not settings.use_cloud else None,
@@ -61,7 +62,8 @@ class SessionRun:
 
     def _plan(self) -> CloudPlan:
         return CloudPlan(self.settings, self.s.profile, len(self.ids), self.req.max_tokens, self.s.cfg.max_gap_s,
-                         downlink_s=self.s.cfg.network.rtt_ms / 2000, caller_set=self.settings.reason == "set by the caller")
+                         downlink_s=self.s.cfg.network.rtt_ms / 2000, caller_set=self.settings.reason == "set by the caller",
+                         cloud=self.s.cfg.cloud_estimate)
 
     def _now(self) -> float:
         return time.perf_counter() - self.t0

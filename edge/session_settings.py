@@ -1,4 +1,8 @@
-"""Settings decision v1: per request, how many tokens the cloud makes (k) and how fast they are shown.
+"""Per-request settings (``SessionSettings``), the cloud's expected costs (``CloudEstimate``), the decisions a
+pd request makes once under way (``CloudPlan``), and settings decision v1 (``decide_settings``; v2, the default,
+is ``pdlink.edge.settings_v2``).
+
+Settings decision v1: per request, how many tokens the cloud makes (k) and how fast they are shown.
 
 Inputs: prompt length ``L``, the device profile (prefill time ``P(n, c)``, decode time ``tau_d``), and the
 cloud's expected TTFT (RTT + queue + its prefill). The device shows the first cloud token at ``TTFT``
@@ -22,13 +26,12 @@ tokens needed (j) by a quarter or more: refinement trades answer fidelity for an
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pdlink.edge.device_profile import DeviceProfile
 from pdlink.edge.fallback import Fallback
+from pdlink.edge.settings_model import PACE_HEADROOM, predict
 
-
-PACE_HEADROOM = 0.9  # show buffered tokens inside the gap bound: timers fire late by a few ms on a busy host
 REFINE_MODES = ("off", "auto", "on")
 AUTO_REFINE_GAIN = 0.75  # "auto" refines when j shrinks to this fraction or less
 
@@ -41,9 +44,19 @@ class CloudEstimate:
     queue_s: float = 0.0
     prefill_tok_s: float = 2000.0  # a datacenter accelerator; refined by what the cloud reports
     connect_s: float = 0.0  # still to pay before the request can leave (0 on an open connection)
+    tpot_s: float = 0.02  # the cloud's decode time per token (its busy seconds per token it makes)
+
+    def __post_init__(self):
+        if self.rtt_s < 0 or self.prefill_tok_s <= 0 or self.connect_s < 0 or self.tpot_s < 0:
+            raise ValueError("CloudEstimate: rtt_s, connect_s and tpot_s must be >= 0 and prefill_tok_s > 0")
 
     def ttft_s(self, prompt_tokens: int) -> float:
         return self.connect_s + self.rtt_s + self.queue_s + prompt_tokens / self.prefill_tok_s
+
+    def with_ttft(self, prompt_tokens: int, ttft_s: float) -> "CloudEstimate":
+        """The same cloud, with its first token at ``ttft_s`` for this prompt (a real estimate): the difference
+        goes to the queue."""
+        return replace(self, connect_s=0.0, queue_s=ttft_s - self.rtt_s - prompt_tokens / self.prefill_tok_s)
 
 
 @dataclass(frozen=True)
@@ -55,8 +68,10 @@ class SessionSettings:
     pace_s: float  # the speed controller's tau
     chunk_size: int  # local prefill chunk
     reason: str = ""  # why these settings
-    predicted: dict | None = None  # device_ttft_s, cloud_ttft_s, catch_up_s
+    predicted: dict | None = None  # device_ttft_s, cloud_ttft_s, catch_up_s, cloud_busy_s (the model's)
     refine_keep_ratio: float = 0.0  # ask the cloud for a refined prompt keeping this share (0: full prompt)
+    version: int = 1  # the decision that chose them (1: closed form, 2: pdlink.edge.settings_v2)
+    gap_bound_s: float | None = None  # v2: the largest pace allowed, max(headroom * max_gap, device TPOT)
 
     def __post_init__(self):
         if self.k < 0 or self.pace_s < 0 or self.chunk_size < 1:
@@ -79,7 +94,8 @@ def decide_settings(prompt_tokens: int, max_tokens: int, device: DeviceProfile, 
     predicted = {"device_ttft_s": device_ttft, "cloud_ttft_s": cloud_ttft, "device_decode_s": tau_d}
     if cloud_ttft >= device_ttft:
         return SessionSettings(False, 0, pace, chunk_size, reason=Fallback.CLOUD_SLOW.because(
-                               "its first token would come later than the device's own"), predicted=predicted)
+                               "its first token would come later than the device's own"),
+                               predicted={**predicted, "cloud_busy_s": 0.0})
     j, why = cloud_tokens_needed(L, device, cloud_ttft, pace, max_tokens)
     device_prompt, rho = L, 0.0
     if refine != "off":
@@ -90,8 +106,10 @@ def decide_settings(prompt_tokens: int, max_tokens: int, device: DeviceProfile, 
         predicted["refined_prompt_tokens"] = refined
     k = min(max_tokens, max_k, with_margin(j, margin))
     predicted["catch_up_s"] = device.prefill_time_s(device_prompt, 0) + device.prefill_time_s(min(j, k), device_prompt)
-    return SessionSettings(True, k, pace, chunk_size, reason=f"{why}: j={j}", predicted=predicted,
-                           refine_keep_ratio=rho)
+    settings = SessionSettings(True, k, pace, chunk_size, reason=f"{why}: j={j}", predicted=predicted,
+                               refine_keep_ratio=rho)
+    predicted["cloud_busy_s"] = predict(L, max_tokens, settings, device, cloud, max_gap_s=max_gap_s).cloud_busy_s
+    return settings
 
 
 def refined_prompt_tokens(prompt_tokens: int, device: DeviceProfile, cloud_ttft_s: float, keep_ratio: float) -> int:
@@ -140,7 +158,8 @@ class CloudPlan:
     """The decisions a pd request still makes once under way, from its settings (pure; the core asks).
 
     ``downlink_s``: one-way delay of the link, so an estimate made by the cloud is placed on the device's
-    clock. ``caller_set``: the caller fixed k, so the estimate never tightens it."""
+    clock. ``caller_set``: the caller fixed k, so the estimate never tightens it. ``cloud``: the estimate the
+    settings were decided with (v2 re-runs its k search with the real TTFT; v1 does not need it)."""
 
     settings: SessionSettings
     device: DeviceProfile
@@ -149,15 +168,22 @@ class CloudPlan:
     max_gap_s: float
     downlink_s: float = 0.0
     caller_set: bool = False
+    cloud: CloudEstimate | None = None
 
     def first_token_pace(self, first_token_s: float, k: int) -> float:
-        """The pace once the first cloud token is here (see ``retuned_pace``)."""
-        return retuned_pace(self.settings, first_token_s, k, self.max_gap_s)
+        """The pace once the first cloud token is here. v1: ``retuned_pace``. v2: its pace is already the
+        largest allowed (a slower pace needs fewer cloud tokens), so it stays, kept inside
+        ``[device TPOT, gap bound]``."""
+        if self.settings.version != 2:
+            return retuned_pace(self.settings, first_token_s, k, self.max_gap_s)
+        tau_d = self.device.decode_time_s(self.prompt_tokens)
+        bound = self.settings.gap_bound_s or max(tau_d, self.max_gap_s * PACE_HEADROOM)
+        return min(bound, max(tau_d, self.settings.pace_s))
 
     def after_estimate(self, now_s: float, estimated_ttft_s: float, k: int) -> tuple[str | None, int]:
         """The cloud's own TTFT estimate arrived: ``(reason, k)`` with a reason to give the cloud up when its
         first token would come after the device's own, else ``(None, k')`` with k tightened to what the
-        closed form needs with the real TTFT (never raised)."""
+        decision needs with the real TTFT (never raised; v1: its closed form, v2: its k search)."""
         predicted = self.settings.predicted or {}
         if "device_ttft_s" not in predicted:
             return None, k
@@ -165,6 +191,15 @@ class CloudPlan:
         if cloud_ttft > predicted["device_ttft_s"]:
             return Fallback.CLOUD_SLOW.because(f"estimated first token at {cloud_ttft:.2f} s, the device's at "
                                                f"{predicted['device_ttft_s']:.2f} s"), k
+        if self.caller_set:
+            return None, k
+        if self.settings.version == 2:
+            from pdlink.edge.settings_v2 import minimal_k
+
+            cloud = (self.cloud or CloudEstimate()).with_ttft(self.prompt_tokens, cloud_ttft)
+            k_real, _ = minimal_k(self.prompt_tokens, self.max_tokens, self.settings, self.device, cloud,
+                                  max_gap_s=self.max_gap_s, k_max=k)
+            return None, min(k, k_real if k_real is not None else k)
         refined = predicted.get("refined_prompt_tokens") if self.settings.refine_keep_ratio else None
         j, _ = cloud_tokens_needed(self.prompt_tokens, self.device, cloud_ttft, self.settings.pace_s,
                                    self.max_tokens, refined)
