@@ -87,11 +87,12 @@ class CloudProfile:
 
 
 # Published serving figures of sub-1B models (the class of the device's model) with vLLM, and this machine.
-# vLLM's default max_num_seqs (256) is the admission limit of the GPU profiles.
+# vLLM's default max_num_seqs (256) is the admission limit of the GPU profiles; steps hold at most 2048 prompt
+# tokens (vLLM's chunked-prefill max_num_batched_tokens default), so a step stalls decoding for ~40 ms at most.
 CLOUD_PROFILES: dict[str, CloudProfile] = {
     "h100-vllm": CloudProfile(
         name="h100-vllm", prefill_tok_s=48_600.0, tpot_by_batch=((5, 0.00239), (256, 0.00545)),
-        max_concurrent=256, step_token_budget=8192, prefill_chunk_tokens=2048,
+        max_concurrent=256, step_token_budget=2048, prefill_chunk_tokens=1024,
         source="NVIDIA H100 80GB HBM3, Qwen3-0.6B bf16, vLLM 0.19, `vllm bench serve` random 512 in / 128 out: "
                "rate=inf 94.91 req/s (=> >= 48.6k prompt tok/s while decoding) with TPOT 5.45 ms (batch taken as "
                "max_num_seqs 256); rate=16 TTFT 38.9 ms, TPOT 2.39 ms (batch ~5 by Little's law) -- "
@@ -100,7 +101,7 @@ CLOUD_PROFILES: dict[str, CloudProfile] = {
     "l4-vllm": CloudProfile(
         name="l4-vllm", prefill_tok_s=9_500.0,
         tpot_by_batch=((1, 0.0051), (2, 0.0052), (4, 0.0053), (8, 0.0055), (16, 0.0060), (32, 0.0071)),
-        max_concurrent=256, step_token_budget=8192, prefill_chunk_tokens=2048,
+        max_concurrent=256, step_token_budget=2048, prefill_chunk_tokens=1024,
         source="NVIDIA L4 24GB, Qwen2.5-0.5B-Instruct bf16, vLLM 0.23, 256 in / 128 out closed loop: ITL p50 "
                "5.1/5.2/5.3/5.5/6.0/7.1 ms at concurrency 1/2/4/8/16/32; TTFT p50 27.0 ms at concurrency 1 "
                "(=> ~9.5k prompt tok/s, API overhead included) -- https://ai.wmx.dev/benchmarks",
