@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Union
 
 from .connection import Connection, ConnectionState, ProtocolViolation, RequestState, RequestTrack
+from .protocol_codec import decode_client, decode_server, encode
 from .protocol_messages import (
     DEFAULT_MAX_MESSAGE_BYTES, PROTOCOL_VERSION, Accepted, Cancel, Done, DoneReason, Error, Hello,
     LocalProtocolError, Ping, Pong, PrefillRequest, ProtocolError, RefinedPrompt, Rejected, Stop, Token, Welcome,
-    decode_client, decode_server, encode,
 )
 
 _S = RequestState

@@ -6,7 +6,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from .protocol_messages import DoneReason, Message, PrefillRequest, encode
+from .protocol_codec import encode
+from .protocol_messages import DoneReason, Message, PrefillRequest
 
 RECENT_IDS_KEPT = 1024  # finished request ids remembered per connection (duplicates, late Stop/Cancel)
 

@@ -6,7 +6,8 @@ on the events it returns, calls the send methods, and writes ``data_to_send()`` 
 Nothing here does I/O or reads a clock; docs/protocol.md describes the protocol itself.
 
 This module is the one import for users of the protocol; the parts live in
-:mod:`~pdlink.common.protocol_messages` (messages, reasons, codecs), :mod:`~pdlink.common.connection`
+:mod:`~pdlink.common.protocol_messages` (messages, reasons), :mod:`~pdlink.common.protocol_codec` (frames),
+:mod:`~pdlink.common.connection`
 (what both sides share), :mod:`~pdlink.common.server_connection` and :mod:`~pdlink.common.client_connection`.
 """
 
@@ -14,12 +15,12 @@ from __future__ import annotations
 
 from .client_connection import ClientConnection, ClientEvent
 from .connection import ConnectionState, ProtocolViolation, RequestState
+from .protocol_codec import ClientMessage, ServerMessage, decode_client, decode_server, encode
 from .protocol_messages import (
     CHAT_ROLES, DEFAULT_MAX_MESSAGE_BYTES, DONE_REASONS, MAX_REQUEST_ID_CHARS, PROTOCOL_VERSION, REJECT_REASONS,
-    SUPPORTED_VERSIONS, Accepted, Cancel, ChatMessage, ClientMessage, Done, DoneReason, Error, Hello, Limits,
-    LocalProtocolError, Message, Ping, Pong, PrefillRequest, ProtocolError, RefinedPrompt, RefineOptions,
-    Rejected, RejectReason, SamplingParams, ServerMessage, Stop, Token, Welcome, decode_client, decode_server,
-    encode, request_id_problem,
+    SUPPORTED_VERSIONS, Accepted, Cancel, ChatMessage, Done, DoneReason, Error, Hello, Limits, LocalProtocolError,
+    Message, Ping, Pong, PrefillRequest, ProtocolError, RefinedPrompt, RefineOptions, Rejected, RejectReason,
+    SamplingParams, Stop, Token, Welcome, request_id_problem,
 )
 from .server_connection import RequestRejected, ServerConnection, ServerEvent
 

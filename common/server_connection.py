@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from typing import Callable, Sequence, Union
 
 from .connection import Connection, ConnectionState, ProtocolViolation, RequestState, RequestTrack
+from .protocol_codec import decode_client
 from .protocol_messages import (
     Accepted, Cancel, DoneReason, Done, Error, Hello, Limits, LocalProtocolError, Ping, Pong, PrefillRequest,
-    ProtocolError, RefinedPrompt, RejectReason, Rejected, Stop, Token, Welcome, decode_client,
+    ProtocolError, RefinedPrompt, RejectReason, Rejected, Stop, Token, Welcome,
 )
 
 _S = RequestState
