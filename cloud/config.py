@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pdlink.cloud.backend import BACKEND_DEVICES
 from pdlink.common.credentials import AUTH_TOKEN_ENV, load_auth_token  # noqa: F401 -- re-exported
-from pdlink.common.models import default_model_id
+from pdlink.common.models import DEFAULT_MODEL, default_model_id
 from pdlink.common.protocol import DEFAULT_MAX_MESSAGE_BYTES, Limits
 from pdlink.cloud.scheduler import SchedulerConfig
 
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 class CloudConfig:
     """How ``pdlink cloud serve`` runs. Limits are per server unless named per connection."""
 
-    model: str = "smollm2-135m"  # preset, .gguf file, HF directory, or compiled package directory
+    model: str = DEFAULT_MODEL  # preset, .gguf file, HF directory, or compiled package directory
     model_id: str = ""  # announced in welcome; "" = derived from ``model``
     host: str = "127.0.0.1"
     port: int = 8765  # 0 = any free port (the ready line names it)

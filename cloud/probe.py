@@ -8,10 +8,11 @@ import time
 from typing import TextIO
 
 from pdlink.common.client import CloudClient, CloudError
+from pdlink.common.models import DEFAULT_MODEL
 from pdlink.common.protocol import Accepted, Done, Rejected, Token
 
 
-async def probe(url: str, *, prompt: str, max_tokens: int = 16, model_id: str = "smollm2-135m",
+async def probe(url: str, *, prompt: str, max_tokens: int = 16, model_id: str = DEFAULT_MODEL,
                 auth_token: str | None = None, ssl_context: ssl.SSLContext | None = None, timeout_s: float = 60.0,
                 out: TextIO | None = None) -> dict:
     """Send ``prompt`` as one user message and stream ``max_tokens`` leading tokens; print each step to

@@ -65,8 +65,6 @@ class Request:
                  refine: RefineSpec | None = None):
         if not prompt_token_ids:
             raise ValueError("the prompt is empty")
-        if max_tokens < 1:
-            raise ValueError("max_tokens must be >= 1")
         self.key = key
         self._prompt = tuple(int(t) for t in prompt_token_ids)
         self.max_tokens = int(max_tokens)

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, get_args
 import msgspec
 from msgspec import Meta
 
+from .reasons import FinishReason
 from .sampling import SamplingParams
 
 PROTOCOL_VERSION = 1
@@ -62,7 +63,7 @@ class DoneReason(_WireText):
         return _FINISH_REASONS.get(self, self.value)
 
 
-_FINISH_REASONS = {DoneReason.EOS: "stop", DoneReason.MAX_LEADING_TOKENS: "length"}
+_FINISH_REASONS = {DoneReason.EOS: FinishReason.STOP, DoneReason.MAX_LEADING_TOKENS: FinishReason.LENGTH}
 REJECT_REASONS = frozenset(RejectReason)
 DONE_REASONS = frozenset(DoneReason)
 

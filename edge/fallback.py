@@ -11,6 +11,7 @@ from enum import Enum
 class Fallback(str, Enum):
     """Why the device carries on alone; ``because(detail)`` is the string every output shows."""
 
+    CLOUD_NOT_NEEDED = "cloud_not_needed"  # the device alone meets the TTFT SLO
     CLOUD_SLOW = "cloud_slow"  # its first token would come after the device's own
     REJECTED = "rejected"  # the cloud answered ``rejected`` (overloaded, prompt too long, ...)
     CLOUD_ERROR = "cloud_error"  # handshake refused, tokenizer mismatch, error frame

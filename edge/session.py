@@ -120,7 +120,7 @@ class Session:
         self._profile = emulated or profile
         self.tokenizer = engine.tokenizer if engine is not None else None
         self.stop_ids = end_of_turn_ids(engine.model_config.eos_token_ids, engine.tokenizer) if engine else set()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pdlink-engine")
+        self.engine_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pdlink-engine")  # every engine step
         self._kept: tuple[int, list[int]] | None = None  # a conversation's sequence and the ids in its KV cache
         self.last: SessionResult | None = None
 
@@ -136,7 +136,7 @@ class Session:
     def close(self) -> None:
         """Free the kept KV cache and stop the engine thread."""
         self.release_kv()
-        self._executor.shutdown(wait=True)
+        self.engine_thread.shutdown(wait=True)
 
     def release_kv(self) -> None:
         """Forget a conversation's KV cache (the next request starts from an empty cache)."""
@@ -191,13 +191,14 @@ class Session:
         ids = self._prompt_ids(prompt, req.raw)
         settings = self._settings(req, len(ids) if ids is not None else 0)
         seq, cached = self._sequence_for(ids, req) if req.mode != "cloud" else (None, 0)
-        run = SessionRun(self, req, prompt, ids, settings, seq, cached)
+        run = None
         try:
+            run = SessionRun(self, req, prompt, ids, settings, seq, cached)
             async for tok in run.drive():
                 yield tok
         finally:
             if seq is not None:
-                self._keep_or_free(seq, run, req.reuse_kv)
+                self._keep_or_free(seq, run, req.reuse_kv and run is not None)
         self.last = run.result
 
     def _prompt_ids(self, prompt: str | list[int], raw: bool) -> list[int] | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from pdlink.common.protocol_messages import DoneReason
 from pdlink.common.reasons import FinishReason
 from pdlink.edge.fallback import Fallback
 from pdlink.edge.session_settings import CloudPlan
@@ -202,16 +203,17 @@ class SessionCore:
         """The cloud finished the request (``done``) for ``reason``."""
         if self.cloud not in (CloudState.WAITING, CloudState.STREAMING):
             return
-        if reason in ("error", "disconnected") or (reason != "eos" and self.cloud_tokens_received == 0):
+        if reason in (DoneReason.ERROR, DoneReason.DISCONNECTED) or \
+                (reason != DoneReason.EOS and self.cloud_tokens_received == 0):
             self.on_cloud_failed(Fallback.CLOUD_ENDED.because(reason))
             return
         self.cloud = CloudState.RELEASED
-        if not self.device_compute and not self.stop_token_ids and reason == "eos" and self.answer:
+        if not self.device_compute and not self.stop_token_ids and reason == DoneReason.EOS and self.answer:
             # without a tokenizer the device could not tell the cloud's end-of-turn token: ``done`` names it
             self.answer.pop()
             self.origins.pop()
         if not self.device_compute and self.state is not SessionState.FINISHED:
-            self._finish(FinishReason.STOP if reason == "eos" else FinishReason.LENGTH)
+            self._finish(FinishReason.STOP if reason == DoneReason.EOS else FinishReason.LENGTH)
 
     def on_cloud_accepted(self, estimated_ttft_s: float, now_s: float) -> None:
         """The cloud accepted the request and estimates its TTFT: give it up when the device would be first,

@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pdlink.common.protocol_messages import DoneReason
+from pdlink.common.reasons import FinishReason
+
 from pdlink.edge.emulation import EmulatedDevice
 from pdlink.edge.timeline import Timeline
 
@@ -70,7 +73,7 @@ def build_result(run) -> SessionResult:
     first = timeline.shown[0][0] if timeline.shown else None
     done = run.link.done if run.link is not None else None
     welcome = run.link.welcome if run.link is not None else None
-    tail = run.text.finish(drop_held=done is not None and done.reason == "eos")
+    tail = run.text.finish(drop_held=done is not None and done.reason == DoneReason.EOS)
     cloud_done = None
     if done is not None:
         cloud_done = {"reason": done.reason, "tokens_sent": done.tokens_sent, "cloud_busy_s": done.cloud_busy_s,
@@ -78,10 +81,11 @@ def build_result(run) -> SessionResult:
     settings = {"use_cloud": run.settings.use_cloud, "k": run.settings.k, "k_after_estimate": core.cloud_limit,
                 "pace_s": run.settings.pace_s, "final_pace_s": core.controller.tau_s,
                 "chunk_size": run.settings.chunk_size, "refine_keep_ratio": run.settings.refine_keep_ratio,
-                "reason": run.settings.reason, "predicted": run.settings.predicted, "max_gap_s": s.cfg.max_gap_s}
+                "reason": run.settings.reason, "predicted": run.settings.predicted, "max_gap_s": s.cfg.max_gap_s,
+                "gap_bound_s": run.settings.gap_bound_s, "version": run.settings.version}
     return SessionResult(
         text=run.text.text, token_ids=list(core.answer), prompt_tokens=core.prompt_tokens or timeline.prompt_tokens,
-        finish_reason=core.finish_reason or "error", mode=run.req.mode, ttft_s=first,
+        finish_reason=core.finish_reason or FinishReason.ERROR, mode=run.req.mode, ttft_s=first,
         handover_index=core.handover_index, origins=list(core.origins), fallback=core.fallback,
         gaps_s=[float(g) for g in timeline.gaps()],
         cloud_busy_s=done.cloud_busy_s if done is not None else (0.0 if run.link is None else None),

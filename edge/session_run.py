@@ -80,7 +80,7 @@ class SessionRun:
             while not self.core.finished:
                 self._send_messages()
                 if compute is None and (step := self.core.next_compute()) is not None:
-                    compute = loop.run_in_executor(self.s._executor, self._step, step, self._now())
+                    compute = loop.run_in_executor(self.s.engine_thread, self._step, step, self._now())
                 for tok in self._release():
                     yield tok
                 if self.core.finished:

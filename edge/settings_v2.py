@@ -42,7 +42,7 @@ from pdlink.edge.settings_model import (
     CHUNK_CHOICES, Prediction, _refined_from, device_only_ttft_s, gap_bound_s, judge, trajectory,
 )
 
-NOT_NEEDED = "cloud_not_needed"  # the device alone meets the TTFT SLO (the result's ``fallback`` shows it)
+NOT_NEEDED = Fallback.CLOUD_NOT_NEEDED.value  # the device alone meets the TTFT SLO (``fallback`` shows it)
 
 
 def decide_settings_v2(prompt_tokens: int, max_tokens: int, device: DeviceProfile, cloud: CloudEstimate, *,

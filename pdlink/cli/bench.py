@@ -42,6 +42,15 @@ def add_arguments(p) -> None:
                                                  "traces_dir": "folder of the named traces (else $PDLINK_TRACES_DIR, "
                                                                "else ../shared/traces)"})
     c.set_defaults(bench_func=_cloud)
+    st = which.add_parser("settings", help="settings v2 against an exhaustive grid search and v1 on a trace's "
+                                           "requests: agreement, decision time, cloud seconds")
+    st.add_argument("--output", default="bench/results")
+    st.add_argument("--trace", default="azure_code", help="azure_code, mooncake, or a .csv / .jsonl trace file")
+    st.add_argument("--traces-dir", default=None)
+    st.add_argument("--max-requests", type=int, default=200)
+    st.add_argument("--ttft-slo-s", type=float, default=None)
+    st.add_argument("--refine", default="off", choices=("off", "auto", "on"))
+    st.set_defaults(bench_func=_settings)
     t = which.add_parser("trace", help="a real trace replayed by emulated devices against the cloud on loopback, "
                                        "or simulated at scale (--simulate): TTFT, gaps, cloud seconds, hand-overs")
     t.add_argument("--output", default="bench/results")
@@ -104,4 +113,14 @@ def _trace(args) -> int:
             "handover_rate", "fallback_rate")
     print(json.dumps({k: report.get(k) for k in keys}, indent=2))
     print(f"wrote {Path(args.output) / cfg.report_name}")
+    return 0
+
+
+def _settings(args) -> int:
+    from pdlink.bench.settings import run_settings_bench
+
+    report = run_settings_bench(args.output, args.trace, traces_dir=args.traces_dir, max_requests=args.max_requests,
+                                ttft_slo_s=args.ttft_slo_s, refine=args.refine)
+    print(json.dumps(report["profiles"], indent=2))
+    print(f"wrote {Path(args.output) / 'settings.json'} and settings.png")
     return 0

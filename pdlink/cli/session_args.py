@@ -7,6 +7,7 @@ from pdlink.common.credentials import load_auth_token
 from pdlink.common.models import default_model_id
 from pdlink.common.sampling import SamplingParams
 from pdlink.edge.cloud_link import CloudTarget
+from pdlink.edge.device_profile import profile_names
 from pdlink.edge.emulation import NetworkEmulation
 from pdlink.edge.session import GenerationRequest, Session, SessionConfig
 
@@ -27,13 +28,16 @@ def add_session_arguments(p, *, defaults: dict | None = None) -> None:
     add_flags(p, SessionConfig, ["threads", "context_window"], rename={"context_window": "context"},
               helps={"threads": "engine threads (0 = all cores)", "context_window": "context window (0 = the model's)"})
     p.add_argument("--device-profile", default=None,
-                   help="emulate a device: phone or laptop (labeled in the output)")
+                   help=f"emulate a device: {', '.join(profile_names())}, or a JSON file with the profile's fields "
+                        "(labeled in the output)")
     add_flags(p, NetworkEmulation, NETWORK, prefix="net-",
               helps={"rtt_ms": "emulated network round trip added to loopback",
                      "jitter_ms": "emulated one-way jitter, uniform 0..X ms",
                      "bandwidth_mbps": "emulated bandwidth (0 = unlimited)"})
     p.add_argument("--max-gap-ms", type=float, default=SessionConfig.max_gap_s * 1000,
                    help="bound on the gap between shown cloud tokens")
+    add_flags(p, SessionConfig, ["ttft_slo_s"], helps={"ttft_slo_s": "pd mode: the TTFT SLO in seconds (the cloud is "
+                                                                      "not used when the device alone meets it)"})
     add_flags(p, SessionConfig, ["refine", "refine_keep_ratio"], rename={"refine_keep_ratio": "refine_keep"},
               helps={"refine": "pd mode: prefill only the prompt tokens the cloud marks as important (lossy; "
                                 "auto = when it brings the hand-over clearly earlier): off, auto, on",
@@ -50,7 +54,7 @@ def build_session(args) -> Session:
                             **({"model_id": model_id} if model_id else {}))
     cfg = SessionConfig(package=args.package, cloud=cloud, device_profile=args.device_profile,
                         network=NetworkEmulation(**flag_values(args, NETWORK)), max_gap_s=args.max_gap_ms / 1000,
-                        **flag_values(args, ["threads", "context_window", "refine", "refine_keep_ratio"]))
+                        **flag_values(args, ["threads", "context_window", "refine", "refine_keep_ratio", "ttft_slo_s"]))
     return Session(cfg)
 
 
