@@ -18,8 +18,9 @@ def add_arguments(p) -> None:
     p.add_argument("--mode", default="device", choices=MODES,
                    help="device (local only), pd (cloud first, device takes over) or cloud (the baseline)")
     add_prompt_arguments(p)
-    add_flags(p, GenerationRequest, ["raw", "stop"],
-              helps={"raw": "do not wrap the prompt in the chat template", "stop": "stop string (repeatable)"})
+    add_flags(p, GenerationRequest, ["raw", "stop", "ignore_eos"],
+              helps={"raw": "do not wrap the prompt in the chat template", "stop": "stop string (repeatable)",
+                     "ignore_eos": "always make --max-tokens tokens (benchmarks)"})
     add_session_arguments(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     p.add_argument("--timeline", default=None, help="write the request's timeline plot (PNG) here")
@@ -36,7 +37,7 @@ def run(args) -> int:
     try:
         previous = None
         for tok in session.generate(prompt, mode=args.mode, max_tokens=args.max_tokens, sampling=sampling_from(args),
-                                    raw=args.raw, stop=tuple(args.stop)):
+                                    raw=args.raw, stop=tuple(args.stop), ignore_eos=args.ignore_eos):
             if not args.json:
                 print(marked(tok, args.show_origin, previous), end="", flush=True)
             previous = tok.origin

@@ -211,6 +211,32 @@ def test_server_killed_mid_stream_falls_back_without_loss(q4_1_package, referenc
         assert "device" in r.origins
 
 
+def test_a_device_slower_than_the_cloud_takes_over_and_releases_it(server, q4_1_package, tmp_path):
+    """The product's headline on this machine: a device that prefills slower than the local cloud (given as a
+    JSON profile file) gets the first tokens from the cloud, catches up within a 200-token answer, takes
+    over, and the cloud reports the stop at the hand-over index; the text equals device mode."""
+    profile = tmp_path / "device.json"
+    profile.write_text(json.dumps({"name": "handover-device", "prefill_tok_s": 100.0, "decode_s_per_token": 0.025,
+                                   "source": "test: a device slower than this machine's CPU cloud"}))
+    prompt_file = tmp_path / "prompt.txt"
+    prompt_file.write_text(prompts()[4])  # about 1,000 tokens of real text
+    base = [sys.executable, "-m", "pdlink", "generate", "--package", str(q4_1_package), "--prompt-file",
+            str(prompt_file), "--max-tokens", "200", "--ignore-eos", "--temperature", "0", "--json", "--threads", "1"]
+    outs = {}
+    for mode, extra in (("device", []), ("pd", ["--cloud", server.url, "--device-profile", str(profile)])):
+        run = subprocess.run(base + ["--mode", mode, *extra], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        outs[mode] = json.loads(run.stdout)
+    pd = outs["pd"]
+    j, done = pd["handover_index"], pd["cloud_done"]
+    assert pd["fallback"] is None and j is not None and 0 < j < 200, (j, pd["fallback"], pd["settings"])
+    assert pd["origins"] == ["cloud"] * j + ["device"] * (200 - j)
+    assert done["reason"] == "stopped" and done["stop_after_index"] == j - 1
+    assert pd["text"] == outs["device"]["text"] and pd["token_ids"] == outs["device"]["token_ids"]
+    assert pd["settings"]["predicted"]["cloud_busy_s"] > 0 and pd["emulation"]["device"]["device_profile"] == \
+        "handover-device"
+
+
 def test_cli_contract_pd_and_device_json(server, q4_1_package, tmp_path):
     prompt_file = tmp_path / "prompt.txt"
     prompt_file.write_text(prompts()[0])
