@@ -60,7 +60,9 @@ class CloudServer:
         if cfg.warm_up:
             from pdlink.common.real_text import real_text
 
-            ids = self.tokenizer.encode(real_text(cfg.prefill_chunk_tokens * 8))[:cfg.prefill_chunk_tokens]
+            # one prefill chunk, and room for the 4 leading tokens in the context the server was sized for
+            length = min(cfg.prefill_chunk_tokens, cfg.max_prompt_tokens + cfg.max_leading_tokens - 4)
+            ids = self.tokenizer.encode(real_text(cfg.prefill_chunk_tokens * 8))[:length]
             await asyncio.to_thread(self.worker.warm_up, ids)
         self.worker.start()
         tls = None
