@@ -61,7 +61,7 @@ class CloudServer:
             from pdlink.common.real_text import real_text
 
             # one prefill chunk, and room for the 4 leading tokens in the context the server was sized for
-            length = min(cfg.prefill_chunk_tokens, cfg.max_prompt_tokens + cfg.max_leading_tokens - 4)
+            length = max(1, min(cfg.prefill_chunk_tokens, cfg.max_prompt_tokens + cfg.max_leading_tokens - 4))
             ids = self.tokenizer.encode(real_text(cfg.prefill_chunk_tokens * 8))[:length]
             await asyncio.to_thread(self.worker.warm_up, ids)
         self.worker.start()
