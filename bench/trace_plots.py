@@ -74,15 +74,23 @@ def plot_trace_reports(folder: str | Path, path: str | Path) -> Path | None:
     return Path(path)
 
 
+def _nan(value):
+    return float("nan") if value is None else value
+
+
 def plot_sweep(sweep: dict, path: str | Path) -> Path:
     """Cloud throughput (requests per cloud-busy second), TTFT p50 and cloud utilization against devices."""
     plt = _pyplot()
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(14, 4.2))
     for mode, points in sweep["points"].items():
         n = [p["devices"] for p in points]
-        a.plot(n, [p["requests_per_cloud_busy_s"] or 0 for p in points], "o-", label=mode, color=COLORS[mode])
-        b.plot(n, [p["ttft_p50_s"] for p in points], "o-", label=mode, color=COLORS[mode])
-        c.plot(n, [p["cloud_utilization"] or 0 for p in points], "o-", label=mode, color=COLORS[mode])
+        a.plot(n, [_nan(p["requests_per_cloud_busy_s"]) for p in points], "o-", label=mode, color=COLORS[mode])
+        for p in points:  # requests that gave the cloud up (no point at all when every one did)
+            if p["fallback_rate"]:
+                a.annotate(f"{mode}: {p['fallback_rate']:.0%} fell back", (p["devices"], 0.03 + 0.06 * (mode == "pd")),
+                           xycoords=("data", "axes fraction"), fontsize=7, color=COLORS[mode], ha="center")
+        b.plot(n, [_nan(p["ttft_p50_s"]) for p in points], "o-", label=mode, color=COLORS[mode])
+        c.plot(n, [_nan(p["cloud_utilization"]) for p in points], "o-", label=mode, color=COLORS[mode])
         sat = sweep["saturation_devices"].get(mode)
         if sat is not None:
             b.axvline(sat, color=COLORS[mode], ls=":", alpha=0.7)

@@ -14,7 +14,7 @@ CLOUD = ("trace", "num_requests", "threads", "traces_dir")
 TRACE = ("trace", "traces_dir", "devices", "mode", "device_profile", "cloud_profile", "simulate", "max_requests",
          "max_output_tokens", "min_prompt_tokens", "max_prompt_tokens", "rate_scale", "ttft_slo_s", "max_gap_ms",
          "net_rtt_ms", "cloud_threads", "device_threads", "package", "seed")
-SWEEP = tuple(n for n in TRACE if n not in ("devices", "mode", "cloud_profile", "simulate"))
+SWEEP = tuple(n for n in TRACE if n not in ("devices", "mode", "cloud_profile", "simulate", "rate_scale"))  # closed loop
 
 
 def add_arguments(p) -> None:
@@ -61,8 +61,10 @@ def add_arguments(p) -> None:
     w = which.add_parser("trace-sweep", help="cloud throughput vs number of emulated devices, cloud vs pd mode "
                                              "(the trace's requests replayed closed-loop on loopback)")
     w.add_argument("--output", default="bench/results")
-    add_flags(w, TraceBenchConfig, SWEEP, helps={"trace": "azure_code, mooncake, or a .csv / .jsonl trace file",
-                                                 "device_profile": "a named device profile or a JSON file"})
+    # Small by default (a few minutes on two shared cores): 8 requests, prompts cut to 512, answers to 32 tokens.
+    add_flags(w, TraceBenchConfig, SWEEP, defaults={"max_requests": 8, "max_prompt_tokens": 512, "max_output_tokens": 32},
+              helps={"trace": "azure_code, mooncake, or a .csv / .jsonl trace file",
+                     "device_profile": "a named device profile or a JSON file"})
     w.add_argument("--device-counts", nargs="+", type=int, default=[1, 2, 4], help="devices per point")
     w.add_argument("--modes", nargs="+", default=["cloud", "pd"], choices=["cloud", "pd"])
     w.set_defaults(bench_func=_trace_sweep)
