@@ -1,4 +1,4 @@
-"""``pdlink bench engine|session|cloud``: the benchmarks, each writing JSON and a plot."""
+"""``pdlink bench engine|session|cloud|trace|trace-sweep``: the benchmarks, each writing JSON and a plot."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ CLOUD = ("trace", "num_requests", "threads", "traces_dir")
 TRACE = ("trace", "traces_dir", "devices", "mode", "device_profile", "cloud_profile", "simulate", "max_requests",
          "max_output_tokens", "min_prompt_tokens", "max_prompt_tokens", "rate_scale", "ttft_slo_s", "max_gap_ms",
          "net_rtt_ms", "cloud_threads", "device_threads", "package", "seed")
+SWEEP = tuple(n for n in TRACE if n not in ("devices", "mode", "cloud_profile", "simulate", "rate_scale"))  # closed loop
 
 
 def add_arguments(p) -> None:
@@ -62,7 +63,20 @@ def add_arguments(p) -> None:
         "max_requests": "cap for run time", "max_output_tokens": "cap for run time",
         "min_prompt_tokens": "only requests with at least this many prompt tokens",
         "rate_scale": "arrivals this many times faster than the trace's"})
+    t.add_argument("--modes", nargs="+", choices=["pd", "device", "cloud"],
+                   help="replay: these modes in turn on one set-up (one server, engines loaded once), one report "
+                        "each, and the lossless check of pd and cloud against device (instead of --mode)")
     t.set_defaults(bench_func=_trace)
+    w = which.add_parser("trace-sweep", help="cloud throughput vs number of emulated devices, cloud vs pd mode "
+                                             "(the trace's requests replayed closed-loop on loopback)")
+    w.add_argument("--output", default="bench/results")
+    # Small by default (a few minutes on two shared cores): 8 requests, prompts cut to 512, answers to 32 tokens.
+    add_flags(w, TraceBenchConfig, SWEEP, defaults={"max_requests": 8, "max_prompt_tokens": 512, "max_output_tokens": 32},
+              helps={"trace": "azure_code, mooncake, or a .csv / .jsonl trace file",
+                     "device_profile": "a named device profile or a JSON file"})
+    w.add_argument("--device-counts", nargs="+", type=int, default=[1, 2, 4], help="devices per point")
+    w.add_argument("--modes", nargs="+", default=["cloud", "pd"], choices=["cloud", "pd"])
+    w.set_defaults(bench_func=_trace_sweep)
 
 
 def run(args) -> int:
@@ -104,13 +118,20 @@ def _trace(args) -> int:
     from pdlink.bench.trace_report import TraceBenchConfig
 
     cfg = TraceBenchConfig(output=args.output, **flag_values(args, TRACE))
+    keys = ("requests", "ttft_p50_s", "ttft_p99_s", "max_gap_s", "p99_gap_s", "cloud_busy_s_per_request",
+            "handover_rate", "fallback_rate", "lossless")
+    if args.modes and not cfg.simulate:
+        from pdlink.bench.trace_replay import run_trace_replays
+
+        reports = run_trace_replays(cfg, tuple(args.modes))
+        print(json.dumps({m: {k: r.get(k) for k in keys} for m, r in reports.items()}, indent=2))
+        print(f"wrote {', '.join(f'trace-{m}.json' for m in reports)} and trace.png into {args.output}")
+        return 0
     if cfg.simulate:
         from pdlink.bench.trace_sim import run_trace_simulation as run_trace
     else:
         from pdlink.bench.trace_replay import run_trace_replay as run_trace
     report = run_trace(cfg)
-    keys = ("requests", "ttft_p50_s", "ttft_p99_s", "max_gap_s", "p99_gap_s", "cloud_busy_s_per_request",
-            "handover_rate", "fallback_rate")
     print(json.dumps({k: report.get(k) for k in keys}, indent=2))
     print(f"wrote {Path(args.output) / cfg.report_name}")
     return 0
@@ -123,4 +144,16 @@ def _settings(args) -> int:
                                 ttft_slo_s=args.ttft_slo_s, refine=args.refine)
     print(json.dumps(report["profiles"], indent=2))
     print(f"wrote {Path(args.output) / 'settings.json'} and settings.png")
+    return 0
+
+
+def _trace_sweep(args) -> int:
+    from pdlink.bench.device_sweep import run_device_sweep
+    from pdlink.bench.trace_report import TraceBenchConfig
+
+    cfg = TraceBenchConfig(output=args.output, **flag_values(args, SWEEP))
+    sweep = run_device_sweep(cfg, tuple(args.device_counts), tuple(args.modes))
+    keys = ("device_counts", "saturation_devices", "throughput_gain_pd_vs_cloud")
+    print(json.dumps({k: sweep.get(k) for k in keys}, indent=2))
+    print(f"wrote {Path(args.output) / 'trace-sweep.json'} and trace-throughput.png")
     return 0
