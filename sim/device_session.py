@@ -3,7 +3,7 @@
 The core takes every decision exactly as in ``pdlink.edge.session_run`` (pd, device and cloud mode alike);
 this shell only turns them into simulated time: a local step lasts what the device profile says, a message
 to or from the cloud takes one network one-way delay, the cloud is a :class:`CloudModel`. Token ids are
-placeholders (the answer's length, not its text, is simulated); the answer ends at ``max_tokens``.
+stand-ins (the answer's length, not its text, is simulated); the answer ends at ``max_tokens``.
 Shown times come from the speed controller's schedule, so they are released once, at the end.
 """
 
@@ -22,7 +22,7 @@ from pdlink.edge.session_settings import CloudPlan, SessionSettings
 from pdlink.sim.cloud_model import CloudModel, CloudRequest
 from pdlink.sim.network import Network
 
-TOKEN = 0  # placeholder id of every prompt and answer token (never a stop token)
+TOKEN = 0  # the stand-in id of every prompt and answer token (never a stop token)
 
 
 class DeviceSession:
