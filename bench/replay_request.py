@@ -3,9 +3,7 @@ trace's exact token lengths, and the device profile the replay emulates."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from pdlink.bench.trace_report import TraceBenchConfig
 
@@ -50,24 +48,3 @@ def replay_requests(cfg: TraceBenchConfig, tokenizer, workload=None) -> list[Rep
                                  max_tokens=max(1, min(r.output_tokens, cfg.max_output_tokens)),
                                  trace_prompt_tokens=r.input_tokens, trace_output_tokens=r.output_tokens))
     return out
-
-
-def replay_profile(name_or_path: str):
-    """The emulated device profile: a named one (``phone``, ``laptop``) or a JSON file with its fields.
-
-    Raises ValueError naming the choices when it is neither, or when the file does not hold a valid profile."""
-    from pdlink.edge.device_profile import DEVICE_PROFILES, DeviceProfile, named_profile
-
-    if name_or_path in DEVICE_PROFILES:
-        return named_profile(name_or_path)
-    path = Path(name_or_path)
-    if not path.is_file():
-        raise ValueError(f"--device-profile {name_or_path!r} is neither a named profile "
-                         f"({', '.join(sorted(DEVICE_PROFILES))}) nor a JSON file with a profile's fields")
-    try:
-        data = json.loads(path.read_text())
-        profile = DeviceProfile.from_json({"name": path.stem, **data})
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"--device-profile {path}: not a device profile ({exc}); it needs name, prefill_tok_s "
-                         "and decode_s_per_token (see pdlink/edge/device_profile.py)") from exc
-    return profile

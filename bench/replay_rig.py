@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pdlink.bench.replay_device import NET_JITTER_MS, ReplayDevice, ReplayOutcome
-from pdlink.bench.replay_request import ReplayRequest, replay_profile, replay_requests, trace_workload
+from pdlink.bench.replay_request import ReplayRequest, replay_requests, trace_workload
 from pdlink.bench.trace_report import TraceBenchConfig
+from pdlink.edge.device_profile import resolve_profile
 
 BENCH_PACKAGES = Path(".cache/bench-packages")
 CLOUD_PREFILL_CHUNK = 1024  # as bench/session.py: prefill in large chunks, the cloud is not latency-bound here
@@ -39,7 +40,7 @@ class ReplayRig:
     def __init__(self, cfg: TraceBenchConfig, with_cloud: bool, max_devices: int | None = None):
         self.cfg = cfg
         self.workload = trace_workload(cfg)
-        self.profile = replay_profile(cfg.device_profile)
+        self.profile = resolve_profile(cfg.device_profile)
         self.with_cloud, self.max_devices = with_cloud, max_devices or cfg.devices
         lengths = [min(r.input_tokens, cfg.max_prompt_tokens) for r in self.workload]
         self.longest_prompt = max(lengths)

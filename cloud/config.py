@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pdlink.cloud.backend import BACKEND_DEVICES
-from pdlink.common.credentials import AUTH_TOKEN_ENV, load_auth_token  # noqa: F401 -- re-exported
 from pdlink.common.models import DEFAULT_MODEL, default_model_id
 from pdlink.common.protocol import DEFAULT_MAX_MESSAGE_BYTES, Limits
 from pdlink.cloud.scheduler import SchedulerConfig

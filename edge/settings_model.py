@@ -27,7 +27,7 @@ trace simulator use this one model.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from pdlink.edge.device_profile import DeviceProfile
 

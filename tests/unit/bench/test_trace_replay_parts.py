@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from pdlink.bench.device_sweep import saturation
-from pdlink.bench.replay_request import replay_profile, replay_requests, trace_workload
+from pdlink.bench.replay_request import replay_requests, trace_workload
+from pdlink.edge.device_profile import resolve_profile
 from pdlink.bench.replay_tokens import lossless_check, prompt_digest, update_lossless
 from pdlink.bench.trace_report import TraceBenchConfig
 
@@ -53,15 +54,15 @@ def test_bad_trace_folder_and_profile(trace, tmp_path):
         trace_workload(TraceBenchConfig(trace="azure_code", traces_dir=str(tmp_path / "no-folder")))
     with pytest.raises(ValueError, match="no request with at least"):
         trace_workload(TraceBenchConfig(trace=str(trace), min_prompt_tokens=100_000))
-    with pytest.raises(ValueError, match="neither a named profile"):
-        replay_profile("pocket-calculator")
+    with pytest.raises(ValueError, match="unknown device profile 'pocket-calculator'"):
+        resolve_profile("pocket-calculator")
     bad = tmp_path / "bad.json"
-    bad.write_text('{"prefill_tok_s": -1, "decode_s_per_token": 0.01}')
-    with pytest.raises(ValueError, match="not a device profile"):
-        replay_profile(str(bad))
+    bad.write_text('{"name": "bad", "prefill_tok_s": -1, "decode_s_per_token": 0.01}')
+    with pytest.raises(ValueError, match="prefill_tok_s"):
+        resolve_profile(str(bad))
     good = tmp_path / "fast.json"
-    good.write_text('{"prefill_tok_s": 2000, "decode_s_per_token": 0.01}')
-    assert replay_profile(str(good)).name == "fast" and replay_profile("phone").name == "phone"
+    good.write_text('{"name": "fast", "prefill_tok_s": 2000, "decode_s_per_token": 0.01}')
+    assert resolve_profile(str(good)).name == "fast" and resolve_profile("phone").name == "phone"
 
 
 def _rows(answers, fallbacks=()):
@@ -102,6 +103,6 @@ def test_cli_bad_inputs_exit_2(tmp_path, trace):
 
     for args, fragment in ((["--trace", str(tmp_path / "nope.csv")], "neither a file"),
                            (["--trace", "azure_code"], "does not exist"),
-                           (["--trace", str(trace), "--device-profile", "toaster"], "neither a named profile")):
+                           (["--trace", str(trace), "--device-profile", "toaster"], "unknown device profile 'toaster'")):
         proc = bench(*args)
         assert proc.returncode == 2 and fragment in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
