@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pdlink.traces import MOONCAKE_BLOCK_TOKENS, NAMED_TRACES, PromptSynthesizer, TraceRequest, load_trace
+from pdlink.common.models import DEFAULT_MODEL
 
 INSTRUCTION = "Summarize the following text in a few sentences.\n\n"
 _CONTENT = "\x00CONTENT\x00"  # stands in for the user message when the chat template is split around it
@@ -41,7 +42,7 @@ class CloudBenchConfig:
     threads: int = 2
     ttft_budget_s: float = 15.0
     seed: int = 0
-    model: str = "smollm2-135m"
+    model: str = DEFAULT_MODEL
     traces_dir: str | None = None  # else $PDLINK_TRACES_DIR, else ../shared/traces
 
     def __post_init__(self):

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from pdlink.common.models import DEFAULT_MODEL
 
 PEER_INSTALL = {
     "llama.cpp": 'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=ON -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF ..." '
@@ -84,7 +85,7 @@ def _ensure_package(quant: str, root: Path) -> Path:
 
     out = root / f"smollm2-135m-{quant}-host-{compiler_fingerprint()}"
     if not (out / "manifest.json").is_file():
-        build_package(CompileConfig(model="smollm2-135m", target="host", quant=quant, output=str(out)))
+        build_package(CompileConfig(model=DEFAULT_MODEL, target="host", quant=quant, output=str(out)))
     return out
 
 

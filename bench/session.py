@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pdlink.common.real_text import build_prompt
+from pdlink.common.models import DEFAULT_MODEL
 
 MODES = ("device", "pd", "cloud")
 # package: the device's own package (the same model both sides: pd equals device token for token);
@@ -64,7 +65,7 @@ def run_session_bench(cfg: SessionBenchConfig) -> dict:
     packages = Path(".cache/bench-packages")
     package = Path(cfg.package) if cfg.package else _ensure_package("q4_1", packages)
     longest = max(cfg.lengths) + max(cfg.max_tokens, 384) + 64
-    cloud_model = {"torch": "smollm2-135m", "package": str(package)}.get(cfg.cloud_backend) \
+    cloud_model = {"torch": DEFAULT_MODEL, "package": str(package)}.get(cfg.cloud_backend) \
         or str(_ensure_package("f32", packages))
     network = NetworkEmulation(rtt_ms=cfg.net_rtt_ms, jitter_ms=cfg.net_jitter_ms, seed=7)
     session = Session(SessionConfig(package=str(package), device_profile=cfg.device_profile, network=network,
@@ -76,7 +77,7 @@ def run_session_bench(cfg: SessionBenchConfig) -> dict:
         if cfg.refinement:
             from pdlink.bench.session_refinement import measure_refinement
 
-            with _cloud(cfg, "smollm2-135m", longest, out / "session-refine-server.log") as target:
+            with _cloud(cfg, DEFAULT_MODEL, longest, out / "session-refine-server.log") as target:
                 refining = _with_cloud(session, target)
                 try:
                     refinement = measure_refinement(refining, out)

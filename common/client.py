@@ -20,6 +20,7 @@ from typing import Sequence
 import websockets
 from websockets.asyncio.client import connect as ws_connect
 
+from pdlink.common.models import DEFAULT_MODEL
 from pdlink.common.protocol import (
     DEFAULT_MAX_MESSAGE_BYTES, Accepted, ChatMessage, ClientConnection, Done, Error, LocalProtocolError,
     PrefillRequest, ProtocolViolation, RefinedPrompt, RefineOptions, Rejected, SamplingParams, Token, Welcome,
@@ -115,7 +116,7 @@ class CloudClient:
         self.closed_error: CloudError | None = None
 
     @classmethod
-    async def connect(cls, url: str, *, model_id: str = "smollm2-135m", tokenizer_hash: str = "",
+    async def connect(cls, url: str, *, model_id: str = DEFAULT_MODEL, tokenizer_hash: str = "",
                       auth_token: str | None = None, device_profile: dict | None = None, client_name: str = "pdlink",
                       open_timeout_s: float = 10.0, event_timeout_s: float = 60.0,
                       ssl_context: ssl.SSLContext | None = None,
