@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from pdlink.bench.trace_report import RequestRecord, TraceBenchConfig, summarize
+from pdlink.edge.settings_v2 import NOT_NEEDED
 from pdlink.sim import Network, SimRequest, Simulation, named_cloud_profile, resolve_device_profile
 from pdlink.sim.cloud_profile import CloudProfile
 
@@ -115,7 +116,9 @@ def cloud_capacity(cfg: TraceBenchConfig, mode: str, slo_s: float, attainment: f
                          "ttft_p50_s": float(np.percentile(ttft[np.isfinite(ttft)], 50)) if np.isfinite(ttft).any()
                          else None, "fallback_rate": float(np.mean([r.fallback is not None for r in records])),
                          "cloud_busy_s_per_request": float(np.mean([r.cloud_busy_s for r in records])),
-                         "cloud_hold_s_mean": float(np.mean(hold)) if hold else 0.0, **sim.cloud.stats()}
+                         "cloud_hold_s_mean": float(np.mean(hold)) if hold else 0.0,
+                         "device_alone_rate": float(np.mean([r.fallback is not None and r.fallback.startswith(NOT_NEEDED)
+                                                             for r in records])), **sim.cloud.stats()}
         return probes[scale]["attainment"] >= attainment
 
     lo = hi = None
