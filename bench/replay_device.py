@@ -42,7 +42,8 @@ class ReplayDevice:
         self.session = Session(SessionConfig(
             package=package, cloud=cloud, device_profile=profile, network=network, threads=cfg.device_threads,
             context_window=context_window, max_gap_s=cfg.max_gap_ms / 1000,
-            cloud_estimate=CloudEstimate(rtt_s=cfg.net_rtt_ms / 1000)), engine=engine)
+            cloud_estimate=CloudEstimate(rtt_s=cfg.net_rtt_ms / 1000), ttft_slo_s=cfg.ttft_slo_s,
+            settings_version=cfg.settings_version), engine=engine)
 
     def warm_up(self) -> None:
         """One tiny device-mode request: the engine's first calls are slow, not the device."""

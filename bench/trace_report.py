@@ -29,6 +29,8 @@ class TraceBenchConfig:
     max_prompt_tokens: int = 3800  # longer prompts are cut to this (the model's context is 8k; the cloud's 4k)
     rate_scale: float = 1.0  # arrivals this many times faster than the trace's
     ttft_slo_s: float | None = None  # the TTFT SLO (settings and SLO attainment)
+    settings_version: int = 2  # pd settings decision: 2 (least cloud seconds, SLO-aware) or 1 (closed form)
+    poisson: bool = False  # re-time arrivals as a Poisson process at the trace's mean rate (seeded by --seed)
     max_gap_ms: float = 50.0
     net_rtt_ms: float = 40.0
     cloud_threads: int = 1
@@ -46,6 +48,8 @@ class TraceBenchConfig:
             raise ValueError("--min-prompt-tokens must be >= 0 and --max-prompt-tokens >= 16")
         if self.rate_scale <= 0 or (self.ttft_slo_s is not None and self.ttft_slo_s <= 0) or self.max_gap_ms <= 0:
             raise ValueError("--rate-scale, --ttft-slo-s and --max-gap-ms must be > 0")
+        if self.settings_version not in (1, 2):
+            raise ValueError(f"--settings-version must be 1 or 2, got {self.settings_version}")
         if self.net_rtt_ms < 0 or self.cloud_threads < 0 or self.device_threads < 0:
             raise ValueError("--net-rtt-ms and the thread counts must be >= 0")
 

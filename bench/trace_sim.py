@@ -5,7 +5,9 @@ simulator against a real replay of the same requests.
 Costs come from profiles: the device's (``cfg.device_profile``), the cloud's (``cfg.cloud_profile``; default
 ``local-cpu``, measured on this machine) and the RTT. The requests are exactly the replay's: the trace's
 first ``max_requests`` with at least ``min_prompt_tokens`` prompt tokens, prompts cut to
-``max_prompt_tokens``, answers to ``max_output_tokens``, arrivals ``rate_scale`` times faster.
+``max_prompt_tokens``, answers to ``max_output_tokens``, arrivals ``rate_scale`` times faster (with
+``poisson``: first re-timed as a Poisson process at the trace's mean rate, seeded by ``seed``). pd requests
+decide their settings with ``settings_version`` (2: SLO-aware, with ``ttft_slo_s``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from pdlink.bench.trace_report import RequestRecord, TraceBenchConfig, summarize
-from pdlink.edge.session_settings import CloudEstimate
+from pdlink.edge.settings_v2 import NOT_NEEDED
 from pdlink.sim import Network, SimRequest, Simulation, named_cloud_profile, resolve_device_profile
 from pdlink.sim.cloud_profile import CloudProfile
 
@@ -34,7 +36,10 @@ def trace_requests(cfg: TraceBenchConfig, rate_scale: float | None = None) -> li
     workload = load_trace(cfg.trace, cfg.traces_dir)
     if cfg.min_prompt_tokens:
         workload = workload.filter_input(min_tokens=cfg.min_prompt_tokens)
-    workload = workload.first(cfg.max_requests).scale_rate(cfg.rate_scale if rate_scale is None else rate_scale)
+    workload = workload.first(cfg.max_requests)
+    if cfg.poisson:
+        workload = workload.poisson(cfg.seed)
+    workload = workload.scale_rate(cfg.rate_scale if rate_scale is None else rate_scale)
     return [SimRequest(r.arrival_s, max(1, min(r.input_tokens, cfg.max_prompt_tokens)),
                        max(1, min(r.output_tokens, cfg.max_output_tokens))) for r in workload]
 
@@ -44,15 +49,16 @@ def cloud_profile_of(cfg: TraceBenchConfig) -> CloudProfile:
 
 
 def simulate(cfg: TraceBenchConfig, requests: list[SimRequest], *, mode: str | None = None, devices: int | None = None,
-             device_profile=None, cloud=None, policy=None) -> tuple[list[RequestRecord], Simulation]:
-    """One simulation of ``requests`` with the run's settings (any of them overridden)."""
+             device_profile=None, cloud=None, policy=None, ttft_slo_s: float | None = None,
+             ) -> tuple[list[RequestRecord], Simulation]:
+    """One simulation of ``requests`` with the run's settings (any of them overridden; ``ttft_slo_s``: the SLO
+    the pd settings aim at, default the run's)."""
     profile = cloud if cloud is not None else cloud_profile_of(cfg)
-    rtt = cfg.net_rtt_ms / 1000
-    estimate = CloudEstimate(rtt_s=rtt, prefill_tok_s=profile.prefill_tok_s) if isinstance(profile, CloudProfile) \
-        else None
     sim = Simulation(requests, mode=mode or cfg.mode, device=device_profile or cfg.device_profile, cloud=profile,
-                     devices=devices or cfg.devices, network=Network(rtt), max_gap_s=cfg.max_gap_ms / 1000,
-                     policy=policy, cloud_estimate=estimate)
+                     devices=devices or cfg.devices, network=Network(cfg.net_rtt_ms / 1000),
+                     max_gap_s=cfg.max_gap_ms / 1000, policy=policy,
+                     ttft_slo_s=cfg.ttft_slo_s if ttft_slo_s is None else ttft_slo_s,
+                     settings_version=cfg.settings_version)
     return sim.run(), sim
 
 
@@ -102,7 +108,7 @@ def cloud_capacity(cfg: TraceBenchConfig, mode: str, slo_s: float, attainment: f
     def probe(scale: float) -> bool:
         reqs = [replace(r, arrival_s=r.arrival_s / scale) for r in base]
         records, sim = simulate(cfg, reqs, mode=mode, devices=len(reqs), device_profile=device_profile, cloud=cloud,
-                                policy=policy)
+                                policy=policy, ttft_slo_s=slo_s)
         ttft = np.array([r.ttft_s if r.ttft_s is not None else np.inf for r in records])
         hold = [s.cloud_request.finish_s - s.cloud_request.arrival_s for s in sim.sessions
                 if s.cloud_request is not None and s.cloud_request.finish_s is not None]
@@ -110,7 +116,9 @@ def cloud_capacity(cfg: TraceBenchConfig, mode: str, slo_s: float, attainment: f
                          "ttft_p50_s": float(np.percentile(ttft[np.isfinite(ttft)], 50)) if np.isfinite(ttft).any()
                          else None, "fallback_rate": float(np.mean([r.fallback is not None for r in records])),
                          "cloud_busy_s_per_request": float(np.mean([r.cloud_busy_s for r in records])),
-                         "cloud_hold_s_mean": float(np.mean(hold)) if hold else 0.0, **sim.cloud.stats()}
+                         "cloud_hold_s_mean": float(np.mean(hold)) if hold else 0.0,
+                         "device_alone_rate": float(np.mean([r.fallback is not None and r.fallback.startswith(NOT_NEEDED)
+                                                             for r in records])), **sim.cloud.stats()}
         return probes[scale]["attainment"] >= attainment
 
     lo = hi = None

@@ -18,7 +18,7 @@ from pdlink.bench.trace_report import RequestRecord
 from pdlink.edge.device_profile import DeviceProfile
 from pdlink.edge.fallback import Fallback
 from pdlink.edge.session_core import SessionCore, SessionState
-from pdlink.edge.session_settings import CloudPlan, SessionSettings
+from pdlink.edge.session_settings import CloudEstimate, CloudPlan, SessionSettings
 from pdlink.sim.cloud_model import CloudModel, CloudRequest
 from pdlink.sim.network import Network
 
@@ -30,15 +30,16 @@ class DeviceSession:
 
     def __init__(self, env: simpy.Environment, key, *, prompt_tokens: int, max_tokens: int, mode: str,
                  settings: SessionSettings, device: DeviceProfile, cloud: CloudModel, network: Network,
-                 max_gap_s: float):
+                 max_gap_s: float, cloud_estimate: CloudEstimate | None = None):
         self.env, self.key, self.mode, self.settings = env, key, mode, settings
         self.device, self.cloud, self.network = device, cloud, network
         pd = mode == "pd"
-        plan = CloudPlan(settings, device, prompt_tokens, max_tokens, max_gap_s, downlink_s=network.one_way_s) \
-            if pd and settings.use_cloud else None
+        plan = CloudPlan(settings, device, prompt_tokens, max_tokens, max_gap_s, downlink_s=network.one_way_s,
+                         cloud=cloud_estimate) if pd and settings.use_cloud else None
+        gap_bound = max(max_gap_s, settings.gap_bound_s or 0.0)  # v2: the pace may be the device's TPOT (session_run)
         self.core = SessionCore([TOKEN] * prompt_tokens, max_tokens=max_tokens, stop_token_ids=set(),
                                 chunk_size=settings.chunk_size, pace_s=settings.pace_s,
-                                max_gap_s=max_gap_s if pd else None, use_cloud=settings.use_cloud,
+                                max_gap_s=gap_bound if pd else None, use_cloud=settings.use_cloud,
                                 device_compute=mode != "cloud", cloud_limit=settings.k, plan=plan,
                                 fallback=settings.reason if pd and not settings.use_cloud else None)
         self.cloud_request: CloudRequest | None = None

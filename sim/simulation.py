@@ -39,16 +39,27 @@ class SimRequest:
             raise ValueError(f"a request needs arrival_s >= 0 and at least one prompt and one answer token: {self}")
 
 
+def default_estimate(cloud: CloudProfile | CloudFactory, network: Network) -> CloudEstimate:
+    """What a device assumes of an idle cloud: the RTT, the profile's prefill speed and its decode step of one
+    sequence at a 2k context (a factory: ``CloudEstimate``'s defaults)."""
+    if not isinstance(cloud, CloudProfile):
+        return CloudEstimate(rtt_s=network.rtt_s)
+    return CloudEstimate(rtt_s=network.rtt_s, prefill_tok_s=cloud.prefill_tok_s,
+                         tpot_s=cloud.step_overhead_s + cloud.decode_step_s(1, 2048))
+
+
 class Simulation:
     """One simulated run (see the module docstring); ``run()`` returns a record per request, in order."""
 
     def __init__(self, requests: Iterable[SimRequest], *, mode: str, device: str | DeviceProfile,
                  cloud: CloudProfile | CloudFactory, devices: int = 1, network: Network = Network(),
                  max_gap_s: float = 0.05, chunk_size: int = 512, policy: SettingsPolicy | None = None,
-                 cloud_estimate: CloudEstimate | None = None):
+                 cloud_estimate: CloudEstimate | None = None, ttft_slo_s: float | None = None,
+                 settings_version: int = 2):
         """``cloud``: a profile (served by :class:`BatchingCloud`) or a factory ``env -> CloudModel``.
         ``cloud_estimate``: what the device assumes of the cloud when it decides its settings (default: the
-        RTT and the profile's prefill speed, no queue)."""
+        RTT, the profile's prefill speed and its one-sequence decode step, no queue). ``policy``: the pd
+        settings (default: ``default_policy`` of ``settings_version`` with ``ttft_slo_s``)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if devices < 1:
@@ -57,14 +68,14 @@ class Simulation:
         self.mode, self.devices, self.network = mode, devices, network
         self.device = resolve_device_profile(device)
         self.max_gap_s, self.chunk_size = max_gap_s, chunk_size
-        self.policy = policy or default_policy(max_gap_s, chunk_size)
+        self.ttft_slo_s, self.settings_version = ttft_slo_s, settings_version
+        self.policy = policy or default_policy(max_gap_s, chunk_size, ttft_slo_s=ttft_slo_s, version=settings_version)
+        self.cloud_estimate = cloud_estimate or default_estimate(cloud, network)
         if isinstance(cloud, CloudProfile):
             profile = cloud
             self.cloud_factory: CloudFactory = lambda env: BatchingCloud(env, profile)
-            default_prefill = profile.prefill_tok_s
         else:
-            self.cloud_factory, default_prefill = cloud, CloudEstimate().prefill_tok_s
-        self.cloud_estimate = cloud_estimate or CloudEstimate(rtt_s=network.rtt_s, prefill_tok_s=default_prefill)
+            self.cloud_factory = cloud
         self.cloud: CloudModel | None = None
         self.sessions: list[DeviceSession | None] = []
 
@@ -87,6 +98,6 @@ class Simulation:
                                      self.cloud_estimate, self.policy, self.chunk_size)
             session = DeviceSession(env, i, prompt_tokens=req.prompt_tokens, max_tokens=req.output_tokens,
                                     mode=self.mode, settings=settings, device=self.device, cloud=self.cloud,
-                                    network=self.network, max_gap_s=self.max_gap_s)
+                                    network=self.network, max_gap_s=self.max_gap_s, cloud_estimate=self.cloud_estimate)
             self.sessions[i] = session
             yield env.process(session.run())

@@ -64,6 +64,18 @@ class Workload:
             raise ValueError("the workload has no arrival rate to scale (fewer than two distinct arrival times)")
         return self.scale_rate(rate_rps / self.rate_rps)
 
+    def poisson(self, seed: int = 0) -> Workload:
+        """The same requests in the same order, re-timed as a Poisson process (seeded exponential gaps) at the
+        workload's mean rate: the load without the trace's bursts. Raises ValueError when there is no rate."""
+        if self.rate_rps is None:
+            raise ValueError("the workload has no arrival rate to re-time (fewer than two distinct arrival times)")
+        rng, t, times = random.Random(seed), 0.0, []
+        for _ in self.requests:
+            times.append(t)
+            t += rng.expovariate(self.rate_rps)
+        return Workload(f"{self.name} poisson seed {seed}",
+                        tuple(replace(r, arrival_s=a) for r, a in zip(self.requests, times)))
+
     def first(self, n: int) -> Workload:
         """The first ``n`` requests (all of them when there are fewer)."""
         if n < 0:

@@ -12,9 +12,9 @@ SESSION = ("lengths", "max_tokens", "device_profile", "net_rtt_ms", "package", "
            "device_threads")
 CLOUD = ("trace", "num_requests", "threads", "traces_dir")
 TRACE = ("trace", "traces_dir", "devices", "mode", "device_profile", "cloud_profile", "simulate", "max_requests",
-         "max_output_tokens", "min_prompt_tokens", "max_prompt_tokens", "rate_scale", "ttft_slo_s", "max_gap_ms",
-         "net_rtt_ms", "cloud_threads", "device_threads", "package", "seed")
-SWEEP = tuple(n for n in TRACE if n not in ("devices", "mode", "cloud_profile", "simulate", "rate_scale"))  # closed loop
+         "max_output_tokens", "min_prompt_tokens", "max_prompt_tokens", "rate_scale", "ttft_slo_s", "settings_version",
+         "poisson", "max_gap_ms", "net_rtt_ms", "cloud_threads", "device_threads", "package", "seed")
+SWEEP = tuple(n for n in TRACE if n not in ("devices", "mode", "cloud_profile", "simulate", "rate_scale", "poisson"))  # closed loop
 
 
 def add_arguments(p) -> None:
@@ -62,7 +62,9 @@ def add_arguments(p) -> None:
         "cloud_profile": "with --simulate: a named cloud profile", "simulate": "the discrete-event simulator",
         "max_requests": "cap for run time", "max_output_tokens": "cap for run time",
         "min_prompt_tokens": "only requests with at least this many prompt tokens",
-        "rate_scale": "arrivals this many times faster than the trace's"})
+        "rate_scale": "arrivals this many times faster than the trace's",
+        "settings_version": "pd settings: 2 (fewest cloud seconds, SLO-aware) or 1 (closed form)",
+        "poisson": "with --simulate: arrivals re-timed as a Poisson process at the trace's mean rate (--seed)"})
     t.add_argument("--modes", nargs="+", choices=["pd", "device", "cloud"],
                    help="replay: these modes in turn on one set-up (one server, engines loaded once), one report "
                         "each, and the lossless check of pd and cloud against device (instead of --mode)")
