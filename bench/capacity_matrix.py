@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pdlink.bench.trace_report import TraceBenchConfig
+from pdlink.traces.report import TraceBenchConfig
 from pdlink.bench.trace_sim import capacity_comparison, simulate, trace_requests
 from pdlink.edge.device_profile import DEVICE_PROFILES
 from pdlink.sim.cloud_profile import named_cloud_profile

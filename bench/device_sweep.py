@@ -19,7 +19,7 @@ import numpy as np
 
 from pdlink.bench.replay_rig import ReplayRig
 from pdlink.bench.trace_replay import records_of, throughput
-from pdlink.bench.trace_report import TraceBenchConfig
+from pdlink.traces.report import TraceBenchConfig
 
 SATURATION_TTFT_GROWTH = 1.5
 DEFAULT_DEVICE_COUNTS = (1, 2, 4)

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 
 from pdlink.bench.replay_request import ReplayRequest
-from pdlink.bench.trace_report import TraceBenchConfig
+from pdlink.traces.report import TraceBenchConfig
 
 NET_JITTER_MS = 5.0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from pdlink.bench.trace_report import TraceBenchConfig
+from pdlink.traces.report import TraceBenchConfig
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pdlink.bench.replay_device import NET_JITTER_MS, ReplayDevice, ReplayOutcome
 from pdlink.bench.replay_request import ReplayRequest, replay_requests, trace_workload
-from pdlink.bench.trace_report import TraceBenchConfig
+from pdlink.traces.report import TraceBenchConfig
 from pdlink.edge.device_profile import resolve_profile
 
 BENCH_PACKAGES = Path(".cache/bench-packages")

@@ -11,7 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from pdlink.bench.trace_report import RequestRecord
+from pdlink.traces.report import RequestRecord
 
 COMPARED_MODES = ("pd", "cloud")  # each compared with device mode
 

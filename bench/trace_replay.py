@@ -4,7 +4,7 @@
 trace's requests round-robin (one at a time each, a request starting at max(arrival, device free)) and run
 them in ``cfg.mode`` against a ``pdlink cloud serve`` child process with the same package. Prompts are real
 text cut to the trace's lengths, answers have the trace's lengths (capped, ``ignore_eos``), sampling is greedy.
-Writes ``trace-<mode>.json`` (the report of ``bench/trace_report.py``), ``trace-<mode>-tokens.json`` (answers,
+Writes ``trace-<mode>.json`` (the report of ``traces/report.py``), ``trace-<mode>-tokens.json`` (answers,
 for the lossless check against device mode) and ``trace.png`` (every mode's report in the folder).
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 
 from pdlink.bench.replay_rig import ReplayRig, ReplayRun
 from pdlink.bench.replay_tokens import prompt_digest, update_lossless, write_tokens
-from pdlink.bench.trace_report import MODES, RequestRecord, TraceBenchConfig, summarize
+from pdlink.traces.report import MODES, RequestRecord, TraceBenchConfig, summarize
 
 
 def run_trace_replay(cfg: TraceBenchConfig) -> dict:

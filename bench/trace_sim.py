@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pdlink.bench.trace_report import RequestRecord, TraceBenchConfig, summarize
+from pdlink.traces.report import RequestRecord, TraceBenchConfig, summarize
 from pdlink.edge.settings_v2 import NOT_NEEDED
 from pdlink.sim import Network, SimRequest, Simulation, named_cloud_profile, resolve_device_profile
 from pdlink.sim.cloud_profile import CloudProfile

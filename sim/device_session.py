@@ -14,7 +14,7 @@ import math
 import numpy as np
 import simpy
 
-from pdlink.bench.trace_report import RequestRecord
+from pdlink.traces.report import RequestRecord
 from pdlink.edge.device_profile import DeviceProfile
 from pdlink.edge.fallback import Fallback
 from pdlink.edge.session_core import SessionCore, SessionState

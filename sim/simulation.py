@@ -12,7 +12,7 @@ from typing import Callable, Iterable
 
 import simpy
 
-from pdlink.bench.trace_report import MODES, RequestRecord
+from pdlink.traces.report import MODES, RequestRecord
 from pdlink.edge.device_profile import DeviceProfile
 from pdlink.edge.session_settings import CloudEstimate
 from pdlink.sim.batching_cloud import BatchingCloud

@@ -21,7 +21,7 @@ def add_arguments(p) -> None:
     from pdlink.bench.cloud import CloudBenchConfig
     from pdlink.bench.engine import EngineBenchConfig
     from pdlink.bench.session import SessionBenchConfig
-    from pdlink.bench.trace_report import TraceBenchConfig
+    from pdlink.traces.report import TraceBenchConfig
 
     which = p.add_subparsers(dest="bench", required=True)
     e = which.add_parser("engine", help="pdlink packages vs llama.cpp and transformers")
@@ -117,7 +117,7 @@ def _cloud(args) -> int:
 
 
 def _trace(args) -> int:
-    from pdlink.bench.trace_report import TraceBenchConfig
+    from pdlink.traces.report import TraceBenchConfig
 
     cfg = TraceBenchConfig(output=args.output, **flag_values(args, TRACE))
     keys = ("requests", "ttft_p50_s", "ttft_p99_s", "max_gap_s", "p99_gap_s", "cloud_busy_s_per_request",
@@ -151,7 +151,7 @@ def _settings(args) -> int:
 
 def _trace_sweep(args) -> int:
     from pdlink.bench.device_sweep import run_device_sweep
-    from pdlink.bench.trace_report import TraceBenchConfig
+    from pdlink.traces.report import TraceBenchConfig
 
     cfg = TraceBenchConfig(output=args.output, **flag_values(args, SWEEP))
     sweep = run_device_sweep(cfg, tuple(args.device_counts), tuple(args.modes))

@@ -36,7 +36,7 @@ def _profile(tmp_path):
 def test_tiny_replay_pd_and_device_are_lossless(q4_1_package, tmp_path):
     from pdlink.bench.replay_tokens import read_tokens
     from pdlink.bench.trace_replay import run_trace_replays
-    from pdlink.bench.trace_report import TraceBenchConfig
+    from pdlink.traces.report import TraceBenchConfig
 
     out = tmp_path / "results"
     base = dict(output=str(out), trace=str(_trace(tmp_path)), devices=2, device_profile=str(_profile(tmp_path)),

@@ -48,8 +48,9 @@ def _imports(folder: str) -> set[str]:
     return names
 
 
-def test_shared_and_compiler_code_import_neither_side():
+def test_each_folder_imports_only_what_sits_below_it():
     for folder, allowed in (("common", ("pdlink.common",)), ("compile", ("pdlink.common", "pdlink.compile")),
-                            ("edge", ("pdlink.common", "pdlink.edge"))):
+                            ("edge", ("pdlink.common", "pdlink.edge")), ("traces", ("pdlink.common", "pdlink.traces")),
+                            ("sim", ("pdlink.common", "pdlink.edge", "pdlink.traces", "pdlink.sim", "pdlink.cloud"))):
         ours = {m for m in _imports(folder) if m.startswith("pdlink.")}
         assert all(m.startswith(allowed) for m in ours), f"{folder}/ imports {sorted(ours)}"

@@ -14,7 +14,7 @@ from pdlink.bench.device_sweep import saturation
 from pdlink.bench.replay_request import replay_requests, trace_workload
 from pdlink.edge.device_profile import resolve_profile
 from pdlink.bench.replay_tokens import lossless_check, prompt_digest, update_lossless
-from pdlink.bench.trace_report import TraceBenchConfig
+from pdlink.traces.report import TraceBenchConfig
 
 TRACE_ROWS = [("2023-11-16 18:17:03.0000000", 5000, 10), ("2023-11-16 18:17:04.0000000", 200, 300),
               ("2023-11-16 18:17:05.0000000", 1500, 0), ("2023-11-16 18:17:07.0000000", 800, 40)]
