@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   -- install, compile the default model (SmolLM2-135M, 4-bit) for this machine, start the cloud
-#                  service on loopback and answer a long prompt in P/D mode under an emulated phone
+#                  service on loopback and answer a long prompt in P/D mode under an emulated laptop CPU
 #   make test   -- install, run the test suite (unit, model and end-to-end tiers)
 SHELL := /bin/bash
 VENV ?= .venv
