@@ -15,7 +15,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-
 from pdlink.bench.replay_rig import ReplayRig, ReplayRun
 from pdlink.bench.replay_tokens import prompt_digest, update_lossless, write_tokens
 from pdlink.traces.report import MODES, RequestRecord, TraceBenchConfig, summarize
