@@ -12,6 +12,14 @@ from pdlink.traces.report import TraceBenchConfig
 NET_JITTER_MS = 5.0
 
 
+def replay_cloud_estimate(cfg: TraceBenchConfig):
+    """What a replay's device assumes of the cloud before its first request: only the RTT is known
+    (``CloudEstimate``'s other fields keep their defaults); the server's own TTFT estimate refines it."""
+    from pdlink.edge.session_settings import CloudEstimate
+
+    return CloudEstimate(rtt_s=cfg.net_rtt_ms / 1000)
+
+
 @dataclass(frozen=True)
 class ReplayOutcome:
     """What one request got on one device: its session record and when it started (seconds after the
@@ -32,7 +40,6 @@ class ReplayDevice:
         from pdlink.edge.emulation import NetworkEmulation
         from pdlink.edge.engine import Engine, EngineConfig
         from pdlink.edge.session import Session, SessionConfig
-        from pdlink.edge.session_settings import CloudEstimate
 
         self.index = index
         engine = Engine(EngineConfig(package=package, num_threads=cfg.device_threads, context_window=context_window,
@@ -42,7 +49,7 @@ class ReplayDevice:
         self.session = Session(SessionConfig(
             package=package, cloud=cloud, device_profile=profile, network=network, threads=cfg.device_threads,
             context_window=context_window, max_gap_s=cfg.max_gap_ms / 1000,
-            cloud_estimate=CloudEstimate(rtt_s=cfg.net_rtt_ms / 1000), ttft_slo_s=cfg.ttft_slo_s,
+            cloud_estimate=replay_cloud_estimate(cfg), ttft_slo_s=cfg.ttft_slo_s,
             settings_version=cfg.settings_version), engine=engine)
 
     def warm_up(self) -> None:

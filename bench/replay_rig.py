@@ -16,6 +16,15 @@ from pdlink.edge.device_profile import resolve_profile
 
 BENCH_PACKAGES = Path(".cache/bench-packages")
 CLOUD_PREFILL_CHUNK = 1024  # as bench/session.py: prefill in large chunks, the cloud is not latency-bound here
+REPLAY_TTFT_BUDGET_S = 600.0  # the replay's server admits every request (its devices wait instead)
+
+
+def replay_server_limits(max_devices: int) -> dict:
+    """The serving limits the replay's cloud server runs with, under ``CloudProfile``'s field names (the
+    simulator's model of this server uses them too): large prefill chunks, no TTFT budget to speak of, a KV
+    sequence per device and one more (a stopped request not freed yet)."""
+    return {"prefill_chunk_tokens": CLOUD_PREFILL_CHUNK, "step_token_budget": 2 * CLOUD_PREFILL_CHUNK,
+            "ttft_budget_s": REPLAY_TTFT_BUDGET_S, "max_sequences": max_devices + 1}
 
 
 @dataclass(frozen=True)
@@ -83,12 +92,13 @@ class ReplayRig:
         # Every device holds at most one request; one more sequence covers a stopped one not yet freed.
         # NOTE: the server warms up with a prompt of one prefill chunk and 4 leading tokens, which must fit
         # its context (max prompt + max leading tokens), so the prompt limit is at least a chunk.
+        limits = replay_server_limits(self.max_devices)
         self.server = ServerProcess(
             "--model", self.package, "--threads", str(self.cfg.cloud_threads),
             "--max-prompt-tokens", str(max(self.longest_prompt, CLOUD_PREFILL_CHUNK + 4)),
-            "--max-leading-tokens", str(self.max_tokens), "--max-batch-sequences", str(self.max_devices + 1),
-            "--prefill-chunk-tokens", str(CLOUD_PREFILL_CHUNK), "--step-token-budget", str(2 * CLOUD_PREFILL_CHUNK),
-            "--ttft-budget-s", "600",
+            "--max-leading-tokens", str(self.max_tokens), "--max-batch-sequences", str(limits["max_sequences"]),
+            "--prefill-chunk-tokens", str(limits["prefill_chunk_tokens"]),
+            "--step-token-budget", str(limits["step_token_budget"]), "--ttft-budget-s", f"{limits['ttft_budget_s']:g}",
             log_path=out / f"trace-server-{self.cfg.mode}.log")
         self.cloud = CloudTarget(self.server.wait_ready(timeout_s=300), event_timeout_s=600)
         self.health = self.server.health()

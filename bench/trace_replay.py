@@ -15,8 +15,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
 from pdlink.bench.replay_rig import ReplayRig, ReplayRun
 from pdlink.bench.replay_tokens import prompt_digest, update_lossless, write_tokens
 from pdlink.traces.report import MODES, RequestRecord, TraceBenchConfig, summarize
@@ -59,7 +57,8 @@ def run_trace_replays(cfg: TraceBenchConfig, modes: tuple[str, ...] = ("pd", "de
 
 def records_of(run: ReplayRun) -> list[RequestRecord]:
     """One ``RequestRecord`` per request (times from the request's own submission to its device's session)."""
-    return [RequestRecord.from_result(o.request.index, o.request.arrival_s, o.result) for o in run.outcomes]
+    return [RequestRecord.from_result(o.request.index, o.request.arrival_s, o.result,
+                                      device_wait_s=o.start_s - o.request.arrival_s) for o in run.outcomes]
 
 
 def replay_report(cfg: TraceBenchConfig, rig: ReplayRig, run: ReplayRun, setup_s: float = 0.0) -> dict:
@@ -68,9 +67,7 @@ def replay_report(cfg: TraceBenchConfig, rig: ReplayRig, run: ReplayRun, setup_s
     from pdlink.bench.engine import machine_info
 
     records = records_of(run)
-    waits = [o.start_s - o.request.arrival_s for o in run.outcomes]
-    first_token = [o.start_s + o.result.ttft_s - o.request.arrival_s if o.result.ttft_s is not None else None
-                   for o in run.outcomes]
+    waits = [r.device_wait_s for r in records]
     welcome = next((o.result.emulation.get("cloud_server") for o in run.outcomes
                     if o.result.emulation.get("cloud_server")), None)
     extra = {
@@ -84,7 +81,6 @@ def replay_report(cfg: TraceBenchConfig, rig: ReplayRig, run: ReplayRun, setup_s
         "cloud_busy_s_server": run.cloud_busy_s,
         "cloud_throughput": throughput(run),
         "device_wait_s": waits,
-        "ttft_from_arrival_p50_s": _p(first_token, 50), "ttft_from_arrival_p99_s": _p(first_token, 99),
         "host_slower_steps": [o.result.emulation["device"].get("host_slower_steps") for o in run.outcomes],
         "trace_lengths": [{"index": o.request.index, "prompt_tokens": o.request.trace_prompt_tokens,
                            "output_tokens": o.request.trace_output_tokens} for o in run.outcomes],
@@ -102,8 +98,3 @@ def throughput(run: ReplayRun) -> dict:
             "requests_per_cloud_busy_s": n / busy if busy else None,
             "requests_per_wall_s": n / run.wall_s if run.wall_s else None,
             "cloud_utilization": busy / run.wall_s if busy is not None and run.wall_s else None}
-
-
-def _p(values, q: float) -> float | None:
-    finite = [v for v in values if v is not None]
-    return float(np.percentile(finite, q)) if finite else None

@@ -49,26 +49,27 @@ def cloud_profile_of(cfg: TraceBenchConfig) -> CloudProfile:
 
 
 def simulate(cfg: TraceBenchConfig, requests: list[SimRequest], *, mode: str | None = None, devices: int | None = None,
-             device_profile=None, cloud=None, policy=None, ttft_slo_s: float | None = None,
+             device_profile=None, cloud=None, policy=None, ttft_slo_s: float | None = None, cloud_estimate=None,
              ) -> tuple[list[RequestRecord], Simulation]:
     """One simulation of ``requests`` with the run's settings (any of them overridden; ``ttft_slo_s``: the SLO
-    the pd settings aim at, default the run's)."""
+    the pd settings aim at, default the run's; ``cloud_estimate``: what the devices assume of the cloud,
+    default the cloud profile's idle speeds)."""
     profile = cloud if cloud is not None else cloud_profile_of(cfg)
     sim = Simulation(requests, mode=mode or cfg.mode, device=device_profile or cfg.device_profile, cloud=profile,
                      devices=devices or cfg.devices, network=Network(cfg.net_rtt_ms / 1000),
                      max_gap_s=cfg.max_gap_ms / 1000, policy=policy,
                      ttft_slo_s=cfg.ttft_slo_s if ttft_slo_s is None else ttft_slo_s,
-                     settings_version=cfg.settings_version)
+                     settings_version=cfg.settings_version, cloud_estimate=cloud_estimate)
     return sim.run(), sim
 
 
-def run_trace_simulation(cfg: TraceBenchConfig, *, cloud=None, policy=None) -> dict:
+def run_trace_simulation(cfg: TraceBenchConfig, *, cloud=None, policy=None, cloud_estimate=None) -> dict:
     """Simulate the run, write ``trace-sim-<mode>.json`` and a plot under ``cfg.output``; returns the report.
     With ``cfg.ttft_slo_s`` the report also holds ``capacity``: pd vs cloud mode at that SLO for the run's
     device profile (``cloud_capacity``), with its plot."""
     t0 = time.perf_counter()
     requests = trace_requests(cfg)
-    records, sim = simulate(cfg, requests, cloud=cloud, policy=policy)
+    records, sim = simulate(cfg, requests, cloud=cloud, policy=policy, cloud_estimate=cloud_estimate)
     extra = {"simulator": _describe(sim, cloud if cloud is not None else cloud_profile_of(cfg),
                                     time.perf_counter() - t0)}
     out = Path(cfg.output)
@@ -109,7 +110,7 @@ def cloud_capacity(cfg: TraceBenchConfig, mode: str, slo_s: float, attainment: f
         reqs = [replace(r, arrival_s=r.arrival_s / scale) for r in base]
         records, sim = simulate(cfg, reqs, mode=mode, devices=len(reqs), device_profile=device_profile, cloud=cloud,
                                 policy=policy, ttft_slo_s=slo_s)
-        ttft = np.array([r.ttft_s if r.ttft_s is not None else np.inf for r in records])
+        ttft = np.array([r.ttft_s + r.device_wait_s if r.ttft_s is not None else np.inf for r in records])
         hold = [s.cloud_request.finish_s - s.cloud_request.arrival_s for s in sim.sessions
                 if s.cloud_request is not None and s.cloud_request.finish_s is not None]
         probes[scale] = {"rate_rps": base_rps * scale, "attainment": float(np.mean(ttft <= slo_s)),
@@ -239,3 +240,64 @@ def plot_capacity(comparison: dict | list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# ---------------------------------------------------------------------- the simulator against a replay
+
+def replay_cloud_profile(profile: CloudProfile, devices: int) -> CloudProfile:
+    """``profile``'s speeds under the serving limits the replay's cloud server runs with
+    (``bench/replay_rig.py: replay_server_limits``: 1024-token chunks, 2048-token steps, a 600 s TTFT budget,
+    a KV sequence per device and one more) instead of the server's defaults the named profile states."""
+    from pdlink.bench.replay_rig import replay_server_limits
+
+    return replace(profile, **replay_server_limits(devices))
+
+
+def validate_replay(replay_dir: str | Path, cloud: CloudProfile | dict[str, CloudProfile] | None = None, modes=None,
+                    tolerance: float = 0.15) -> dict:
+    """Simulate every mode replayed in ``replay_dir`` (its ``trace-<mode>.json``) with the replay's own
+    settings: the same requests, caps, devices, device profile, RTT and settings version; the cloud's speeds
+    from ``cloud`` (one profile, or one per mode; default: the run's ``cloud_profile``, else ``local-cpu``)
+    under the replay server's limits
+    (``replay_cloud_profile``), and the devices' prior of the cloud as a replay's device has it
+    (``replay_cloud_estimate``). Writes ``trace-sim-<mode>.json`` and ``validation.json`` (per mode: the
+    simulated and replayed figures and their relative errors) into ``replay_dir``; returns the validation."""
+    from pdlink.bench.replay_device import replay_cloud_estimate
+
+    out = Path(replay_dir)
+    reports = {m: json.loads((out / f"trace-{m}.json").read_text()) for m in (modes or ("device", "pd", "cloud"))
+               if (out / f"trace-{m}.json").is_file()}
+    if not reports:
+        raise FileNotFoundError(f"no trace-<mode>.json replay report in {out}")
+    result = {"replay_dir": str(out), "tolerance": tolerance, "modes": {}}
+    for mode, replayed in reports.items():
+        cfg = TraceBenchConfig(**{**replayed["config"], "simulate": True, "output": str(out)})
+        speeds = cloud.get(mode) if isinstance(cloud, dict) else cloud
+        speeds = speeds if speeds is not None else cloud_profile_of(cfg)
+        profile = replay_cloud_profile(speeds, cfg.devices)
+        simulated = run_trace_simulation(cfg, cloud=profile, cloud_estimate=replay_cloud_estimate(cfg))
+        check = validate_against_replay(simulated, replayed, tolerance)
+        check["extra"] = {k: {"simulated": simulated.get(k), "replayed": replayed.get(k)} for k in
+                          ("ttft_from_arrival_p50_s", "ttft_from_arrival_p99_s", "e2e_p50_s", "handover_rate",
+                           "fallback_rate", "max_gap_s")}
+        check["cloud_profile"] = profile.to_json()
+        result["modes"][mode] = check
+    result["ok"] = all(m["ok"] for m in result["modes"].values())
+    (out / "validation.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":  # python -m pdlink.bench.trace_sim REPLAY_DIR [CLOUD_PROFILE] [MODE=CLOUD_PROFILE ...]
+    import sys
+
+    if len(sys.argv) < 2:
+        sys.exit("usage: python -m pdlink.bench.trace_sim REPLAY_DIR [CLOUD_PROFILE] [MODE=CLOUD_PROFILE ...] "
+                 "(a profile: a name or a .json file)")
+    per_mode = dict(a.split("=", 1) for a in sys.argv[2:] if "=" in a)
+    default = [a for a in sys.argv[2:] if "=" not in a]
+    profiles = {m: named_cloud_profile(per_mode.get(m, default[0] if default else DEFAULT_CLOUD_PROFILE))
+                for m in ("device", "pd", "cloud")}
+    v = validate_replay(sys.argv[1], profiles)
+    print(json.dumps({m: {k: round(e["relative_error"], 3) for k, e in c["keys"].items()}
+                      for m, c in v["modes"].items()}, indent=2))
+    print(f"ok: {v['ok']}; wrote {Path(sys.argv[1]) / 'validation.json'}")

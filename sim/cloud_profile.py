@@ -27,7 +27,7 @@ its numbers; ``local-cpu`` was measured on this machine with ``measure_local_clo
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from pdlink.sim.cloud_calibration import BW_EFFICIENCY, GPUS, KV_MEM_FRACTION, MODELS, calibrated_costs
@@ -194,6 +194,26 @@ CLOUD_PROFILES: dict[str, CloudProfile] = {
         measured=True,
     ),
 }
+# Measured here 2026-12-01 with measure_local_cloud_profile(<the replay's package>, threads=2, prompt_tokens=3000,
+# chunk_tokens=1024, batches=(1, 2), context=3000) (docs/sim.md, Validation): the replay's cloud server
+# (`pdlink bench trace --cloud-threads 2`), nothing else running; the server's default limits (the replay's own
+# come from bench/trace_sim.py: replay_cloud_profile).
+CLOUD_PROFILES["local-cpu-2t"] = replace(
+    CLOUD_PROFILES["local-cpu"], name="local-cpu-2t", prefill_tok_s=353.9, prefill_halving_tokens=5698,
+    tpot_by_batch=((1, 0.0185), (2, 0.034)),
+    source="measured here 2026-12-01, PackageBackend on the q4_1 host package of SmolLM2-135M, 2 threads, after a "
+           "warm-up: a 3000-token prompt in 1024-token chunks, tok/s by context {0: 324, 1024: 278, 2048: 245} (fit "
+           "354 tok/s, halving 5698 tokens); decode step s by batch {1: 0.0185, 2: 0.034} at context 3000")
+# The same measurement while an emulated phone (`pdlink generate --mode device --device-profile phone --threads 1`,
+# a 3000-token prompt) ran beside it, as in a replay's pd mode on this 2-core machine: the device's real engine
+# work takes core time from the cloud. One run; the neighbour's bursts make it noisy (batch-1 decode caught one).
+CLOUD_PROFILES["local-cpu-2t-beside-phone"] = replace(
+    CLOUD_PROFILES["local-cpu-2t"], name="local-cpu-2t-beside-phone", prefill_tok_s=343.7,
+    prefill_halving_tokens=3069, tpot_by_batch=((1, 0.0707), (2, 0.0317)),
+    source="measured here 2026-12-01 as local-cpu-2t, with an emulated phone (pdlink generate --mode device "
+           "--device-profile phone --threads 1, 3000-token prompt) running beside it: tok/s by context {0: 278, "
+           "1024: 292, 2048: 167} (fit 344 tok/s, halving 3069 tokens); decode step s by batch "
+           "{1: 0.0707, 2: 0.0317} at context 3000 (noisy: the neighbour computes in bursts)")
 
 
 def named_cloud_profile(name: str) -> CloudProfile:

@@ -112,7 +112,8 @@ class DeviceSession:
     # ------------------------------------------------------------------ the record
 
     def record(self, index: int, arrival_s: float) -> RequestRecord:
-        """The request's record; times from its arrival (a wait for a busy device counts)."""
+        """The request's record: times from the device starting it, as a replay's session measures them; the
+        wait for a busy device after ``arrival_s`` is ``device_wait_s``."""
         waited = self.t0 - arrival_s
         self.core.release_due(math.inf)
         shown = self.core.shown
@@ -122,8 +123,8 @@ class DeviceSession:
         origins = self.core.origins
         return RequestRecord(
             index=index, arrival_s=arrival_s, prompt_tokens=self.core.prompt_tokens, output_tokens=len(shown),
-            ttft_s=float(times[0] + waited) if times.size else None, max_gap_s=float(gaps.max()),
-            p99_gap_s=float(np.percentile(gaps, 99)), e2e_s=float(end + waited),
+            ttft_s=float(times[0]) if times.size else None, max_gap_s=float(gaps.max()),
+            p99_gap_s=float(np.percentile(gaps, 99)), e2e_s=float(end), device_wait_s=float(waited),
             cloud_busy_s=self.cloud_request.busy_s if self.cloud_request is not None else 0.0,
             handover_index=self.core.handover_index, fallback=self.core.fallback,
             device_tokens=origins.count("device"), cloud_tokens=origins.count("cloud"))
