@@ -81,7 +81,7 @@ def ttft_target_s(prompt_tokens: int, device: DeviceProfile, cloud, chunk: int,
     return cloud_ttft if ttft_slo_s is None else max(ttft_slo_s, cloud_ttft)
 
 
-def _refined_from(prompt_tokens: int, device: DeviceProfile, chunk: int, at_s: float) -> int:
+def refined_from(prompt_tokens: int, device: DeviceProfile, chunk: int, at_s: float) -> int:
     """Prompt positions computed or in flight at ``at_s`` (the device keeps them when the refined prompt comes)."""
     lo, hi = 0, math.ceil(prompt_tokens / chunk) - 1  # the last chunk index that has started by at_s
     while lo < hi:
@@ -119,7 +119,7 @@ def trajectory(prompt_tokens: int, max_tokens: int, k: int, keep_ratio: float, c
     T, tpot, cap = cloud_ttft, cloud.tpot_s, min(k, max_tokens)
     device_prompt = L
     if 0 < keep_ratio < 1:
-        kept_from = _refined_from(L, device, chunk, T)
+        kept_from = refined_from(L, device, chunk, T)
         if kept_from < L:
             device_prompt = kept_from + math.ceil(keep_ratio * (L - kept_from))
 

@@ -39,7 +39,7 @@ from pdlink.edge.device_profile import DeviceProfile
 from pdlink.edge.fallback import Fallback
 from pdlink.edge.session_settings import REFINE_MODES, CloudEstimate, SessionSettings
 from pdlink.edge.settings_model import (
-    CHUNK_CHOICES, Prediction, _refined_from, device_only_ttft_s, gap_bound_s, judge, trajectory,
+    CHUNK_CHOICES, Prediction, refined_from, device_only_ttft_s, gap_bound_s, judge, trajectory,
 )
 
 NOT_NEEDED = Fallback.CLOUD_NOT_NEEDED.value  # the device alone meets the TTFT SLO (``fallback`` shows it)
@@ -142,7 +142,7 @@ def _closed_form_k(L: int, settings: SessionSettings, device: DeviceProfile, clo
     T, chunk, rho = cloud.ttft_s(L), settings.chunk_size, settings.refine_keep_ratio
     device_prompt = L
     if 0 < rho < 1:
-        kept_from = _refined_from(L, device, chunk, T)
+        kept_from = refined_from(L, device, chunk, T)
         device_prompt = kept_from + math.ceil(rho * (L - kept_from)) if kept_from < L else L
     prompt_s = device.chunked_prefill_time_s(device_prompt, chunk)
     per_token = (device.prefill_time_s(chunk, device_prompt) - device.chunk_overhead_s) / chunk
