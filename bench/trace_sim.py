@@ -22,7 +22,8 @@ import numpy as np
 
 from pdlink.traces.report import RequestRecord, TraceBenchConfig, summarize
 from pdlink.edge.settings_v2 import NOT_NEEDED
-from pdlink.sim import Network, SimRequest, Simulation, named_cloud_profile, resolve_device_profile
+from pdlink.edge.device_profile import resolve_profile
+from pdlink.sim import Network, SimRequest, Simulation, named_cloud_profile
 from pdlink.sim.cloud_profile import CloudProfile
 
 DEFAULT_CLOUD_PROFILE = "local-cpu"
@@ -170,7 +171,7 @@ def capacity_comparison(cfg: TraceBenchConfig, device_profiles: list, slo_s: flo
            "attainment_target": attainment, "cloud_mode": cloud_mode, "profiles": {},
            "cloud_profile": cloud.name if isinstance(cloud, CloudProfile) else "custom"}
     for spec in device_profiles:
-        device = resolve_device_profile(spec)
+        device = resolve_profile(spec)
         pd = cloud_capacity(cfg, "pd", slo_s, attainment, device_profile=device, **kwargs)
         ratio = pd["capacity_rps"] / cloud_mode["capacity_rps"] if cloud_mode["capacity_rps"] else None
         out["profiles"][device.name] = {"capacity_pd_rps": pd["capacity_rps"],

@@ -66,10 +66,6 @@ class DeviceProfile:
     def to_json(self) -> dict:
         return asdict(self)
 
-    @classmethod
-    def from_json(cls, data: dict) -> "DeviceProfile":
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        return cls(**known)
 
 
 # Published figures for ~1-2B-parameter models on device CPUs, GPUs and NPUs. The engine here runs SmolLM2-135M
@@ -202,7 +198,7 @@ def save_profile(profile: DeviceProfile, path: Path) -> None:
 def load_profile(path: Path) -> DeviceProfile | None:
     """The stored profile, or None when absent or unreadable (it is then measured again)."""
     try:
-        return DeviceProfile.from_json(json.loads(Path(path).read_text()))
+        return profile_from_fields(json.loads(Path(path).read_text()), where=f"stored profile {path}")
     except (OSError, ValueError, TypeError):
         return None
 

@@ -115,7 +115,7 @@ class Session:
             engine = Engine(EngineConfig(package=cfg.package, num_threads=cfg.threads,
                                          context_window=cfg.context_window, max_num_sequences=1))
         self.engine = engine
-        emulated = resolve_profile(cfg.device_profile) if isinstance(cfg.device_profile, str) else cfg.device_profile
+        emulated = resolve_profile(cfg.device_profile) if cfg.device_profile is not None else None
         self.device = EmulatedDevice(engine, emulated) if emulated is not None and engine is not None else engine
         self._profile = emulated or profile
         self.tokenizer = engine.tokenizer if engine is not None else None

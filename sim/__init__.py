@@ -4,11 +4,10 @@ session state machine, a simulated network, and a replaceable cloud (one batchin
 from pdlink.sim.batching_cloud import BatchingCloud
 from pdlink.sim.cloud_model import CloudClient, CloudModel, CloudRequest, CloudStatus
 from pdlink.sim.cloud_profile import CLOUD_PROFILES, CloudProfile, named_cloud_profile
-from pdlink.sim.device_lookup import resolve_device_profile
 from pdlink.sim.network import Network
 from pdlink.sim.policy import SettingsPolicy, default_policy
 from pdlink.sim.simulation import SimRequest, Simulation
 
 __all__ = ["BatchingCloud", "CLOUD_PROFILES", "CloudClient", "CloudModel", "CloudProfile", "CloudRequest",
            "CloudStatus", "Network", "SettingsPolicy", "SimRequest", "Simulation", "default_policy",
-           "named_cloud_profile", "resolve_device_profile"]
+           "named_cloud_profile"]

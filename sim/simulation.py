@@ -13,12 +13,11 @@ from typing import Callable, Iterable
 import simpy
 
 from pdlink.traces.report import MODES, RequestRecord
-from pdlink.edge.device_profile import DeviceProfile
+from pdlink.edge.device_profile import DeviceProfile, resolve_profile
 from pdlink.edge.session_settings import CloudEstimate
 from pdlink.sim.batching_cloud import BatchingCloud
 from pdlink.sim.cloud_model import CloudModel
 from pdlink.sim.cloud_profile import CloudProfile
-from pdlink.sim.device_lookup import resolve_device_profile
 from pdlink.sim.device_session import DeviceSession
 from pdlink.sim.network import Network
 from pdlink.sim.policy import SettingsPolicy, default_policy, mode_settings
@@ -66,7 +65,7 @@ class Simulation:
             raise ValueError(f"devices must be >= 1, got {devices}")
         self.requests = sorted(requests, key=lambda r: r.arrival_s)
         self.mode, self.devices, self.network = mode, devices, network
-        self.device = resolve_device_profile(device)
+        self.device = resolve_profile(device)
         self.max_gap_s, self.chunk_size = max_gap_s, chunk_size
         self.ttft_slo_s, self.settings_version = ttft_slo_s, settings_version
         self.policy = policy or default_policy(max_gap_s, chunk_size, ttft_slo_s=ttft_slo_s, version=settings_version)
