@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pdlink.traces.report import TraceBenchConfig
+from pdlink.bench.capacity_slo import plot_slo_sweeps, slo_sweep
 from pdlink.bench.trace_sim import capacity_comparison, simulate, trace_requests
 from pdlink.edge.device_profile import DEVICE_PROFILES
 from pdlink.sim.cloud_profile import named_cloud_profile
@@ -52,8 +53,8 @@ def limiting_factor(entry: dict, cloud_mode: dict) -> str:
                 f"up to {probes[-1]['rate_rps']:.3g} req/s (ratio is a lower bound)")
     if pd["capacity_rps"] == 0:
         return "the device: it misses the SLO and the cloud cannot help"
-    fail = min((p for p in probes if p["attainment"] < pd["attainment_target"]), key=lambda p: p["rate_rps"])
-    ok = max((p for p in probes if p["attainment"] >= pd["attainment_target"]), key=lambda p: p["rate_rps"])
+    fail = min((p for p in probes if not _meets(p, pd["attainment_target"])), key=lambda p: p["rate_rps"])
+    ok = max((p for p in probes if _meets(p, pd["attainment_target"])), key=lambda p: p["rate_rps"])
     busy_pd, busy_cloud = ok["cloud_busy_s_per_request"], _busy_at(cloud_mode, ok["rate_rps"])
     parts = [f"{alone:.0%} of requests answer on-device"] if alone > 0.005 else []
     if fail.get("cloud_kv_wait_steps", 0) > 0:
@@ -67,6 +68,11 @@ def limiting_factor(entry: dict, cloud_mode: dict) -> str:
     return "; ".join(parts)
 
 
+def _meets(probe: dict, target: float) -> bool:
+    """The capacity rule of ``cloud_capacity``: the share of all requests within the SLO meets the target."""
+    return probe["attainment"] >= target
+
+
 def _busy_at(cloud_mode: dict, rate: float) -> float | None:
     probes = [p for p in cloud_mode["probes"] if p["rate_rps"] <= rate * 1.001]
     return (probes or cloud_mode["probes"])[-1]["cloud_busy_s_per_request"] if cloud_mode["probes"] else None
@@ -76,7 +82,7 @@ def cloud_limit(cloud_mode: dict) -> str:
     """What limits cloud mode's capacity: decode share of its cloud time, KV waits, or prefill."""
     if cloud_mode["capacity_rps"] == 0:
         return "the SLO: cloud mode misses it even at low load"
-    fail = [p for p in cloud_mode["probes"] if p["attainment"] < cloud_mode["attainment_target"]]
+    fail = [p for p in cloud_mode["probes"] if not _meets(p, cloud_mode["attainment_target"])]
     if not fail:
         return cloud_mode["limit"]
     p = min(fail, key=lambda q: q["rate_rps"])
@@ -86,7 +92,7 @@ def cloud_limit(cloud_mode: dict) -> str:
 
 
 def run_case(trace: str, cloud: str, poisson: bool, profiles: list[str], max_requests: int, iterations: int,
-             traces_dir: str | None = None) -> dict:
+             traces_dir: str | None = None, slos: tuple[float, ...] = ()) -> dict:
     cfg = TraceBenchConfig(trace=trace, traces_dir=traces_dir, simulate=True, cloud_profile=cloud,
                            max_requests=max_requests, poisson=poisson, **TRACES[trace])
     slo = low_load_slo(cfg)
@@ -110,6 +116,8 @@ def run_case(trace: str, cloud: str, poisson: bool, profiles: list[str], max_req
     comp["cloud_mode"]["limiting_factor"] = cloud_limit(comp["cloud_mode"])
     for entry in comp["profiles"].values():
         entry["limiting_factor"] = limiting_factor(entry, comp["cloud_mode"])
+    if slos:
+        comp["slo_sweep"] = slo_sweep(cfg, profiles, list(slos), iterations=iterations)
     comp["wall_s"] = time.perf_counter() - t0
     comp["cloud_profile_json"] = named_cloud_profile(cloud).to_json()
     return comp
@@ -152,6 +160,7 @@ def plot(cases: list[dict], out: Path) -> None:
     fig.savefig(out / "trace-sim-capacity.png", dpi=100)
     plt.close(fig)
     plot_capacity(cases, out / "trace-sim-capacity-rate.png")
+    plot_slo_sweeps(cases, out / "trace-sim-capacity-slo.png")
 
 
 def main(argv=None) -> int:
@@ -164,6 +173,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-requests", type=int, default=200)
     ap.add_argument("--iterations", type=int, default=6)
     ap.add_argument("--traces-dir")
+    ap.add_argument("--slos", nargs="*", type=float, default=[],
+                    help="also sweep these TTFT SLOs (seconds): the ratio vs SLO (trace-sim-capacity-slo.png)")
     args = ap.parse_args(argv)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -172,7 +183,7 @@ def main(argv=None) -> int:
         for cloud in args.clouds:
             for arrivals in args.arrivals:
                 case = run_case(trace, cloud, arrivals == "poisson", args.profiles, args.max_requests,
-                                args.iterations, args.traces_dir)
+                                args.iterations, args.traces_dir, tuple(args.slos))
                 cases.append(case)
                 print(f"{trace} {cloud} {arrivals}: " + (case["skipped"] if case.get("skipped") else
                       f"SLO {case['slo_s']} s, cloud {case['cloud_mode']['capacity_rps']:.3g} req/s, "
