@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 
 from pdlink.cloud.kv.snapshot import KVSnapshot
 
-TRANSPORTS = ("shm", "tcp")
+TRANSPORTS = ("shm", "tcp", "mooncake")
 
 
 class TransferStatus(str, enum.Enum):
@@ -128,19 +128,24 @@ class KVReceiver(ABC):
 
 
 def open_receiver(transport: str, *, host: str = "127.0.0.1", port: int = 0) -> KVReceiver:
-    """A receiver: ``shm`` (same host: payload through shared memory, control on a local socket) or ``tcp``
-    (``host:port``, 0 = a free port)."""
+    """A receiver: ``shm`` (same host: payload through shared memory, control on a local socket), ``tcp``
+    (payload inside ZeroMQ messages) or ``mooncake`` (payload by Mooncake's engine over TCP); the last two
+    listen on ``host:port`` (0 = a free port; ``host`` must be an address senders can reach)."""
     from pdlink.cloud.kv.zmq_transport import ZmqReceiver
 
     if transport == "shm":
         return ZmqReceiver.bind_local()
     if transport == "tcp":
         return ZmqReceiver.bind_tcp(host, port)
+    if transport == "mooncake":
+        from pdlink.cloud.kv.mooncake_transport import MooncakePlane
+
+        return ZmqReceiver.bind_tcp(host, port, MooncakePlane(host))
     raise ValueError(f"transport {transport!r} is not one of {', '.join(TRANSPORTS)}")
 
 
-def open_sender(transport: str) -> KVSender:
-    """A sender for receivers of the same ``transport`` (``shm`` or ``tcp``)."""
+def open_sender(transport: str, *, host: str = "127.0.0.1") -> KVSender:
+    """A sender for receivers of the same ``transport``; ``host`` is this side's address (``mooncake``)."""
     if transport == "shm":
         from pdlink.cloud.kv.shm_transport import ShmSender
 
@@ -149,4 +154,8 @@ def open_sender(transport: str) -> KVSender:
         from pdlink.cloud.kv.zmq_transport import TcpSender
 
         return TcpSender()
+    if transport == "mooncake":
+        from pdlink.cloud.kv.mooncake_transport import MooncakeSender
+
+        return MooncakeSender(host)
     raise ValueError(f"transport {transport!r} is not one of {', '.join(TRANSPORTS)}")
