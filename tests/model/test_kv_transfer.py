@@ -94,3 +94,26 @@ def test_a_package_built_before_kv_io_is_refused_with_recompile(f32_package, tmp
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(PackageError, match="recompile"):
         Engine(EngineConfig(package=str(tmp_path), num_threads=1))
+
+
+def test_engine_import_spanning_several_prefill_chunks_gives_bitwise_equal_logits(f32_engine):
+    engine = f32_engine
+    ids = np.arange(1000, 1000 + engine.prefill_chunk_size + 88) % engine.model_config.vocab_size
+    a = engine.add_sequence()
+    b = None
+    try:
+        engine.prefill(a, ids)
+        kv = engine.export_kv(a)
+        assert kv.shape == (30, 2, ids.size, 3, 64) and kv.dtype == np.float32
+        b = engine.import_kv(kv)
+        assert engine.num_computed_tokens(b) == ids.size
+        assert np.array_equal(engine.export_kv(b), kv) and np.array_equal(engine.export_kv(a), kv)
+        assert np.array_equal(engine.decode(a, 42), engine.decode(b, 42))
+        with pytest.raises(ValueError, match="does not fit"):
+            engine.import_kv(kv[:, :, :, :2])
+        with pytest.raises(ValueError, match="float32"):
+            engine.import_kv(kv.astype(np.float64))
+    finally:
+        for s in (a, b):
+            if s is not None:
+                engine.remove_sequence(s)
