@@ -163,3 +163,28 @@ def test_receiver_answers_garbage_without_dying():
         sock.close()
         sent = open_sender("tcp").send(receiver.address, "after", make(), timeout=10)
         sent.wait(timeout=10)
+
+
+class _FullPlane(InlinePlane):
+    """Runs out of memory on every second reservation."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def reserve(self, transfer_id, nbytes):
+        self.calls += 1
+        if self.calls % 2:
+            raise OSError("no space left for the buffer")
+        return super().reserve(transfer_id, nbytes)
+
+
+def test_a_receiver_side_error_fails_that_transfer_and_the_receiver_keeps_serving():
+    from pdlink.cloud.kv.zmq_transport import ZmqReceiver
+
+    snap = make()
+    with ZmqReceiver.bind_tcp("127.0.0.1", 0, _FullPlane()) as receiver:
+        failed = open_sender("tcp").send(receiver.address, "first", snap, timeout=10)
+        with pytest.raises(TransferError, match="no space left"):
+            failed.wait(timeout=10)
+        open_sender("tcp").send(receiver.address, "second", snap, timeout=10).wait(timeout=10)
+        assert np.array_equal(receiver.wait("second", timeout=5).data, snap.data)
