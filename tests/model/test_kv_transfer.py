@@ -3,6 +3,7 @@ with the KV carried by a real transport, and its greedy tokens equal the first i
 
 from __future__ import annotations
 
+import copy
 import json
 
 import msgspec
@@ -63,7 +64,11 @@ def test_package_backend_continues_an_imported_sequence_token_exact(f32_package)
 def test_torch_backend_continues_an_imported_sequence_token_exact():
     from pdlink.cloud.backend import load_backend
 
-    a, b = (load_backend("smollm2-135m", threads=2, max_sequences=4, context_window=512) for _ in range(2))
+    a = load_backend("smollm2-135m", threads=2, max_sequences=4, context_window=512)
+    # A second instance with its own sequences and caches, sharing the read-only weights (loading the GGUF
+    # twice would double the test's time): all KV state lives in _seqs/_batch.
+    b = copy.copy(a)
+    b._seqs, b._batch, b._next_id = {}, None, 100
     here, there = hand_over(a, b, "tcp", Layout.CONTIGUOUS)
     assert here == there
     snap = a_snapshot(a)
