@@ -47,6 +47,7 @@ class EngineBenchConfig:
     repeats: int = 3
     package_dir: str = ".cache/bench-packages"
     target: str = "host"
+    arm64_mix: bool = False  # also build the linux-arm64 q4_1 package and report its kernels' instruction mix
     engines: tuple[str, ...] = ("pdlink-q4_1", "pdlink-f32", "llama.cpp", "transformers")
     extra: dict = field(default_factory=dict)
 
@@ -187,6 +188,8 @@ def run_engine_bench(cfg: EngineBenchConfig) -> dict:
                 results[engine]["weights_bytes"] = gguf.stat().st_size
         print(f"bench: {engine} done", file=sys.stderr)
     report = _report(cfg, threads, gguf, results, missing)
+    if cfg.arm64_mix:
+        report["arm64_instruction_mix"] = arm64_instruction_mix(Path(cfg.package_dir))
     (out / "engine.json").write_text(json.dumps(report, indent=2))
     from pdlink.bench.plots import plot_engine_bench
 
@@ -217,6 +220,14 @@ def _report(cfg, threads, gguf, results, missing) -> dict:
         "prefill_ratio_q4_vs_best_peer": _best_peer_prefill_ratio(results),
         "why_null": why_null,
     }
+
+
+def arm64_instruction_mix(package_dir: Path) -> dict:
+    """The linux-arm64 q4_1 package's kernel path and the instruction mix of its matmul kernels."""
+    from pdlink.bench.instruction_mix import package_instruction_mix
+
+    package = _ensure_package("q4_1", package_dir, "linux-arm64")
+    return {**package_kernel_path(package), "kernels": package_instruction_mix(package)}
 
 
 def _best_peer_prefill_ratio(results: dict) -> float | None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pdlink.cli.flags import add_flags, flag_values
 
-ENGINE = ("threads", "lengths", "decode_tokens", "repeats", "engines", "target")
+ENGINE = ("threads", "lengths", "decode_tokens", "repeats", "engines", "target", "arm64_mix")
 SESSION = ("lengths", "max_tokens", "device_profile", "net_rtt_ms", "package", "cloud_backend", "cloud_threads",
            "device_threads")
 CLOUD = ("trace", "num_requests", "threads", "traces_dir")
@@ -28,7 +28,9 @@ def add_arguments(p) -> None:
     e.add_argument("--output", default="bench/results")
     add_flags(e, EngineBenchConfig, ENGINE, helps={"threads": "threads for every engine (0 = all cores)",
                                                    "target": "compile target of the pdlink packages: host, or "
-                                                             "x86_64-avx2 to measure the AVX2 kernels"})
+                                                             "x86_64-avx2 to measure the AVX2 kernels",
+                                                   "arm64_mix": "also compile the linux-arm64 package and report the "
+                                                                "instruction mix of its matmul kernels"})
     e.set_defaults(bench_func=_engine)
     s = which.add_parser("session", help="pd vs device vs cloud mode: TTFT, shown-token gaps, cloud busy time")
     s.add_argument("--output", default="bench/results")
