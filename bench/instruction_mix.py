@@ -9,21 +9,27 @@ scalar floating point (``s``/``d`` registers: what a scalar fallback loop is mad
 
 from __future__ import annotations
 
+import bisect
 import re
 import shutil
 import subprocess
 import tarfile
 import tempfile
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
-DISASSEMBLERS = (["aarch64-linux-gnu-objdump", "-d", "--no-show-raw-insn"],
-                 ["llvm-objdump", "-d", "--no-show-raw-insn", "--triple=aarch64"])
-_FUNCTION = re.compile(r"^[0-9a-f]+ <(?P<name>[^>]+)>:$")
-_INSTRUCTION = re.compile(r"^\s*[0-9a-f]+:\s+(?P<mnemonic>[a-z][a-z0-9.]*)\s*(?P<operands>.*)$")
+DISASSEMBLERS = (["aarch64-linux-gnu-objdump", "-dr", "--no-show-raw-insn"],
+                 ["llvm-objdump", "-dr", "--no-show-raw-insn", "--triple=aarch64"])
+_FUNCTION = re.compile(r"^(?P<addr>[0-9a-f]+) <(?P<name>[^>]+)>:$")
+_INSTRUCTION = re.compile(r"^\s*(?P<addr>[0-9a-f]+):\s+(?P<mnemonic>[a-z][a-z0-9.]*)\s*(?P<operands>.*)$")
+_RELOCATION = re.compile(r"^\s*(?P<addr>[0-9a-f]+):\s+R_AARCH64_\w+\s+\.text(\+0x(?P<offset>[0-9a-f]+))?\s*$")
+_BRANCH = re.compile(r"^(?P<target>[0-9a-f]+) <")
 _VECTOR_REG = re.compile(r"\bv\d+\.\d*[bhsd]\b")
 _SCALAR_FP_REG = re.compile(r"\b[sdh]\d+\b")
 FP_ARITHMETIC = ("fmla", "fmls", "fmadd", "fmsub", "fnmadd", "fnmsub", "fmul", "fadd", "fsub", "fdiv", "fmax", "fmin")
+
+
+KERNEL_PREFIX = "__tvm_ffi_"  # a compiled PrimFunc's exported entry point
 
 
 class DisassemblerMissing(RuntimeError):
@@ -55,18 +61,48 @@ def classify(mnemonic: str, operands: str) -> str | None:
 
 
 def parse_disassembly(text: str) -> dict[str, Counter]:
-    """Mnemonic and class counts per function of ``objdump -d`` output (classes under ``class:NAME``)."""
-    functions: dict[str, Counter] = {}
-    current = None
+    """Mnemonic and class counts per named function of ``objdump -dr`` output (classes under ``class:NAME``).
+
+    TVM's parallel bodies and per-kernel compute functions are private (no symbol): objdump lists their
+    code under whichever symbol precedes it. Code is therefore split at every entry point (a symbol, a
+    ``.text`` relocation such as the function pointer passed to the thread pool, a direct call), and
+    each named function is credited with the unnamed code it reaches."""
+    symbols, code, refs = {}, [], []  # refs: (from address, to address)
     for line in text.splitlines():
         if (m := _FUNCTION.match(line.strip())) is not None:
-            current = functions.setdefault(m["name"], Counter())
-        elif current is not None and (m := _INSTRUCTION.match(line)) is not None:
-            current[m["mnemonic"]] += 1
-            kind = classify(m["mnemonic"], m["operands"])
-            if kind:
-                current[f"class:{kind}"] += 1
-    return functions
+            symbols[int(m["addr"], 16)] = m["name"]
+        elif (m := _RELOCATION.match(line)) is not None:
+            refs.append((int(m["addr"], 16), int(m["offset"] or "0", 16)))
+        elif (m := _INSTRUCTION.match(line)) is not None:
+            addr = int(m["addr"], 16)
+            code.append((addr, m["mnemonic"], m["operands"]))
+            if m["mnemonic"] == "bl" and (b := _BRANCH.match(m["operands"])) is not None:
+                refs.append((addr, int(b["target"], 16)))
+    entries = sorted(set(symbols) | {to for _, to in refs})
+    region = lambda addr: entries[bisect.bisect_right(entries, addr) - 1] if addr >= entries[0] else None  # noqa: E731
+    counts: dict[int, Counter] = defaultdict(Counter)
+    for addr, mnemonic, operands in code:
+        if (start := region(addr)) is not None:
+            counts[start][mnemonic] += 1
+            if (kind := classify(mnemonic, operands)) is not None:
+                counts[start][f"class:{kind}"] += 1
+    edges: dict[int, set[int]] = defaultdict(set)
+    for frm, to in refs:
+        if (start := region(frm)) is not None:
+            edges[start].add(to)
+    return {name: _reachable_counts(start, symbols, edges, counts) for start, name in symbols.items()}
+
+
+def _reachable_counts(start: int, symbols: dict, edges: dict, counts: dict) -> Counter:
+    total, seen, todo = Counter(), {start}, [start]
+    while todo:
+        node = todo.pop()
+        total.update(counts.get(node, Counter()))
+        for nxt in edges.get(node, ()):
+            if nxt not in seen and nxt not in symbols:  # named functions are counted on their own
+                seen.add(nxt)
+                todo.append(nxt)
+    return total
 
 
 def summarize(counts: Counter) -> dict:
@@ -91,6 +127,6 @@ def package_instruction_mix(package: Path, name_pattern: str = r"linear|lm_head"
         for obj in sorted(Path(tmp).rglob("*.o")):
             text = subprocess.run([*cmd, str(obj)], capture_output=True, text=True, check=True).stdout
             for name, counts in parse_disassembly(text).items():
-                if wanted.search(name):
-                    out[name] = summarize(counts)
+                if name.startswith(KERNEL_PREFIX) and wanted.search(name):
+                    out[name[len(KERNEL_PREFIX):]] = summarize(counts)
     return out
