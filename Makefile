@@ -8,8 +8,11 @@ PY := $(VENV)/bin/python
 PDLINK := $(VENV)/bin/pdlink
 STAMP := $(VENV)/.pdlink-installed
 PACKAGE ?= packages/smollm2-135m-q4_1-host
-# llama-cpp-python's default build uses AMX/native flags that crash on some Xeons; this set is portable.
-LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF
+# llama-cpp-python's default build uses AMX/native flags that crash on some Xeons, and a fixed AVX-512 set dies
+# with SIGILL on AVX2-only CPUs: bench/llama_flags.py derives the flags from this CPU (AMX off, GGML_NATIVE off).
+# LLAMA_CMAKE_ARGS="..." overrides them; LLAMA_ISA=avx2 caps them at AVX2.
+LLAMA_CMAKE_ARGS ?=
+LLAMA_ISA ?= native
 
 .PHONY: setup demo test test-fast bench bench-deps clean
 
@@ -42,7 +45,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -ra tests/unit
 
 bench-deps: $(STAMP)
-	$(PY) -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q 'llama-cpp-python>=0.3'
+	$(PY) -m pdlink.bench.llama_flags --install --isa $(LLAMA_ISA) --cmake-args "$(LLAMA_CMAKE_ARGS)"
 
 bench: bench-deps
 	$(PDLINK) bench engine --output bench/results

@@ -19,16 +19,21 @@ from pathlib import Path
 import numpy as np
 from pdlink.common.models import DEFAULT_MODEL
 
+from pdlink.bench.llama_flags import installed_build
+from pdlink.bench.worker_failure import describe_failure
+
 PEER_INSTALL = {
-    "llama.cpp": 'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=ON -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF ..." '
-    "pip install llama-cpp-python   (or: make bench-deps)",
+    "llama.cpp": "make bench-deps   (builds llama-cpp-python with flags derived from this CPU: "
+    "python -m pdlink.bench.llama_flags --install)",
     "transformers": "pip install 'pdlink[compile]'",
 }
-LLAMA_CPP_BUILD_FLAGS = os.environ.get(
-    "PDLINK_LLAMA_CMAKE_ARGS",
-    "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON "
-    "-DGGML_AVX512_VNNI=ON -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF (Makefile bench-deps)",
-)
+RATIOS = {  # key -> (numerator, denominator, figure)
+    "decode_ratio_q4_vs_llamacpp": ("pdlink-q4_1", "llama.cpp", "decode"),
+    "prefill_ratio_q4_vs_llamacpp": ("pdlink-q4_1", "llama.cpp", "prefill512"),
+    "decode_ratio_f32_vs_transformers": ("pdlink-f32", "transformers", "decode"),
+    "prefill_ratio_f32_vs_transformers": ("pdlink-f32", "transformers", "prefill512"),
+    "rss_ratio_q4_vs_llamacpp": ("pdlink-q4_1", "llama.cpp", "peak_rss"),
+}
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,8 @@ class EngineBenchConfig:
     decode_tokens: int = 64
     repeats: int = 3
     package_dir: str = ".cache/bench-packages"
+    target: str = "host"
+    arm64_mix: bool = False  # also build the linux-arm64 q4_1 package and report its kernels' instruction mix
     engines: tuple[str, ...] = ("pdlink-q4_1", "pdlink-f32", "llama.cpp", "transformers")
     extra: dict = field(default_factory=dict)
 
@@ -49,6 +56,11 @@ class EngineBenchConfig:
             raise ValueError("threads >= 0, repeats >= 1 and decode_tokens >= 2 are required")
         if 512 not in self.lengths:
             raise ValueError("--lengths must include 512 (the prefill ratio is taken there)")
+        from pdlink.compile.target import get_target_preset
+
+        if not get_target_preset(self.target).runnable_here:
+            raise ValueError(f"--target {self.target} cannot run on this machine; use host (or x86_64-avx2 on x86 "
+                             "CPUs with AVX2)")
 
 
 def machine_info(threads: int) -> dict:
@@ -80,13 +92,25 @@ def measure_read_bandwidth(threads: int, megabytes: int = 512, repeats: int = 5)
     return data.nbytes / best / 1e9
 
 
-def _ensure_package(quant: str, root: Path) -> Path:
+def _ensure_package(quant: str, root: Path, target: str) -> Path:
     from pdlink.compile.builder import CompileConfig, build_package, compiler_fingerprint
 
-    out = root / f"smollm2-135m-{quant}-host-{compiler_fingerprint()}"
+    out = root / f"smollm2-135m-{quant}-{target}-{compiler_fingerprint()}"
     if not (out / "manifest.json").is_file():
-        build_package(CompileConfig(model=DEFAULT_MODEL, target="host", quant=quant, output=str(out)))
+        build_package(CompileConfig(model=DEFAULT_MODEL, target=target, quant=quant, output=str(out)))
     return out
+
+
+def package_kernel_path(package: Path) -> dict:
+    """The package's compile target and the decode GEMV path its 4-bit matrices use."""
+    import tvm
+
+    from pdlink.common.package import load_manifest
+    from pdlink.compile.gemv_words import kernel_path
+
+    target = load_manifest(package, verify_hashes=False).target
+    return {"target_preset": target.preset, "mcpu": target.target.get("mcpu"),
+            "kernel_path": kernel_path(tvm.target.Target(target.target))}
 
 
 def _run_worker(engine: str, cfg: EngineBenchConfig, threads: int, gguf: Path, package: Path | None) -> dict:
@@ -98,7 +122,9 @@ def _run_worker(engine: str, cfg: EngineBenchConfig, threads: int, gguf: Path, p
     env = {**os.environ, "TVM_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
-        return {"error": f"worker failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}"}
+        failure = describe_failure(proc.returncode, proc.stderr)
+        print(f"bench: {engine}: {failure['error']}", file=sys.stderr)
+        return failure
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -111,11 +137,30 @@ def _peer_available(engine: str) -> str | None:
     return None if importlib.util.find_spec(module) else f"{engine} is not installed: {PEER_INSTALL[engine]}"
 
 
-def _ratio(results: dict, a: str, b: str, key) -> float | None:
-    try:
-        return key(results[a]) / key(results[b])
-    except (KeyError, TypeError, ZeroDivisionError):
-        return None
+FIGURES = {
+    "decode": lambda r: r["decode"]["median_tok_s"],
+    "prefill512": lambda r: r["prefill"]["512"]["median_tok_s"],
+    "peak_rss": lambda r: r["rss_mib"]["peak"],
+}
+
+
+def _ratios(results: dict, missing: dict) -> tuple[dict, dict]:
+    """Every ratio of RATIOS (None where it cannot be taken) and, for each None, why not."""
+    ratios, why = {}, {}
+    for key, (a, b, figure) in RATIOS.items():
+        ratios[key] = None
+        reasons = [f"{name}: {missing[name]}" if name in missing else f"{name}: {results[name]['error']}"
+                   for name in (a, b) if name in missing or "error" in results.get(name, {})]
+        if reasons:
+            why[key] = "; ".join(reasons)
+            continue
+        try:
+            ratios[key] = FIGURES[figure](results[a]) / FIGURES[figure](results[b])
+        except KeyError:
+            why[key] = f"{a} or {b} was not in --engines"
+        except ZeroDivisionError:
+            why[key] = f"{b} measured zero"
+    return ratios, why
 
 
 def run_engine_bench(cfg: EngineBenchConfig) -> dict:
@@ -130,16 +175,21 @@ def run_engine_bench(cfg: EngineBenchConfig) -> dict:
     results, missing = {}, {}
     for engine in cfg.engines:
         if engine.startswith("pdlink-"):
-            package = _ensure_package(engine.split("-", 1)[1], Path(cfg.package_dir))
+            package = _ensure_package(engine.split("-", 1)[1], Path(cfg.package_dir), cfg.target)
             results[engine] = _run_worker("pdlink", cfg, threads, gguf, package)
+            results[engine].update(package_kernel_path(package))
             results[engine]["weights_bytes"] = (package / "params.safetensors").stat().st_size
         elif (why := _peer_available(engine)) is not None:
             missing[engine] = why
             print(f"bench: skipping {engine}: {why}", file=sys.stderr)
         else:
             results[engine] = _run_worker(engine, cfg, threads, gguf, None)
+            if engine == "llama.cpp" and "error" not in results[engine]:
+                results[engine]["weights_bytes"] = gguf.stat().st_size
         print(f"bench: {engine} done", file=sys.stderr)
     report = _report(cfg, threads, gguf, results, missing)
+    if cfg.arm64_mix:
+        report["arm64_instruction_mix"] = arm64_instruction_mix(Path(cfg.package_dir))
     (out / "engine.json").write_text(json.dumps(report, indent=2))
     from pdlink.bench.plots import plot_engine_bench
 
@@ -148,8 +198,8 @@ def run_engine_bench(cfg: EngineBenchConfig) -> dict:
 
 
 def _report(cfg, threads, gguf, results, missing) -> dict:
-    decode = lambda r: r["decode"]["median_tok_s"]  # noqa: E731
-    prefill512 = lambda r: r["prefill"]["512"]["median_tok_s"]  # noqa: E731
+    decode = FIGURES["decode"]
+    ratios, why_null = _ratios(results, missing)
     bandwidth = measure_read_bandwidth(threads)
     roofline = {}
     for name, r in results.items():
@@ -160,14 +210,29 @@ def _report(cfg, threads, gguf, results, missing) -> dict:
         "machine": machine_info(threads),
         "config": asdict(cfg),
         "model": {"gguf": str(gguf), "name": "SmolLM2-135M-Instruct Q4_1"},
-        "llama_cpp_build_flags": LLAMA_CPP_BUILD_FLAGS,
+        "llama_cpp_build": installed_build(),
         "memory_read_bandwidth_GB_s": bandwidth,
         "roofline": roofline,
         "results": results,
         "missing_peers": missing,
-        "decode_ratio_q4_vs_llamacpp": _ratio(results, "pdlink-q4_1", "llama.cpp", decode),
-        "prefill_ratio_q4_vs_llamacpp": _ratio(results, "pdlink-q4_1", "llama.cpp", prefill512),
-        "decode_ratio_f32_vs_transformers": _ratio(results, "pdlink-f32", "transformers", decode),
-        "prefill_ratio_f32_vs_transformers": _ratio(results, "pdlink-f32", "transformers", prefill512),
-        "rss_ratio_q4_vs_llamacpp": _ratio(results, "pdlink-q4_1", "llama.cpp", lambda r: r["rss_mib"]["peak"]),
+        "kernel_path": results.get("pdlink-q4_1", {}).get("kernel_path"),
+        **ratios,
+        "prefill_ratio_q4_vs_best_peer": _best_peer_prefill_ratio(results),
+        "why_null": why_null,
     }
+
+
+def arm64_instruction_mix(package_dir: Path) -> dict:
+    """The linux-arm64 q4_1 package's kernel path and the instruction mix of its matmul kernels."""
+    from pdlink.bench.instruction_mix import package_instruction_mix
+
+    package = _ensure_package("q4_1", package_dir, "linux-arm64")
+    return {**package_kernel_path(package), "kernels": package_instruction_mix(package)}
+
+
+def _best_peer_prefill_ratio(results: dict) -> float | None:
+    """pdlink q4_1's prefill(512) over the fastest peer's (llama.cpp or transformers), None without either."""
+    peers = [FIGURES["prefill512"](results[n]) for n in ("llama.cpp", "transformers") if "prefill" in results.get(n, {})]
+    if not peers or "prefill" not in results.get("pdlink-q4_1", {}):
+        return None
+    return FIGURES["prefill512"](results["pdlink-q4_1"]) / max(peers)

@@ -29,8 +29,9 @@ def _rss_mib() -> float:
 
 
 def _context(args) -> int:
-    """Tokens one sequence of the run needs: the longest prompt, or the decode prompt plus its tokens."""
-    return max(max(args.lengths), args.lengths[0] + args.decode_tokens + 1)
+    """Tokens one sequence of the run needs: the longest prompt and the profiled decode step after it, or
+    the decode prompt plus its tokens."""
+    return max(max(args.lengths) + 1, args.lengths[0] + args.decode_tokens + 1)
 
 
 def _timed(fn, repeats: int) -> list[float]:

@@ -38,10 +38,15 @@ def _instrumented(engine, step) -> dict:
     for symbol, info in kernels.items():
         groups[_kernel_group(symbol)] += info["seconds"]
     in_kernels = sum(groups.values())
+    builtins = {s: info["calls"] for s, info in kernels.items() if "builtin" in s}
     return {
         "wall_s": total,
         "in_vm_calls_s": in_kernels,
         "outside_vm_calls_s": total - in_kernels,
+        # the share of the step spent inside the VM's calls; the rest is the VM's own interpretation and Python
+        "vm_calls_share": in_kernels / total if total > 0 else None,
+        "calls": sum(info["calls"] for info in kernels.values()),
+        "builtin_calls": dict(sorted(builtins.items(), key=lambda kv: -kv[1])[:8]),
         "groups_s": dict(sorted(groups.items(), key=lambda kv: -kv[1])),
         "top_kernels": dict(sorted(kernels.items(), key=lambda kv: -kv[1]["seconds"])[:12]),
     }

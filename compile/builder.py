@@ -74,8 +74,8 @@ def _check_output(output: Path) -> None:
 
 
 def _cpu_features(preset: TargetPreset) -> tuple[str, ...]:
-    # Only a host build with this machine's mcpu may use extensions beyond the triple's baseline.
-    return host_cpu_features() if preset.name == "host" and preset.arch == "x86_64" else ()
+    # A host build with this machine's mcpu may use every extension it has; other presets name theirs.
+    return host_cpu_features() if preset.name == "host" and preset.arch == "x86_64" else preset.cpu_features
 
 
 class _Steps:

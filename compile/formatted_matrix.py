@@ -13,7 +13,7 @@ import contextvars
 from tvm import te, tirx
 from tvm.relax.frontend import nn
 
-from pdlink.compile.gemv_words import supports_word_gemv, word_gemv
+from pdlink.compile.gemv_words import kernel_path, supports_word_gemv, word_gemv
 from pdlink.compile.schedule import (
     BLOCK_PARAMS_BLOCK,
     DEQUANT_BLOCK,
@@ -37,8 +37,9 @@ FORMS = ("cpu", "portable", "plain")
 def matmul_forms(form: str, target=None):
     """Matrices created inside get ``form``: "cpu" (shaped for pdlink's CPU schedules),
     "portable" (lane-interleaved GEMV that dlight's GPU rules schedule) or "plain" (one sum per
-    output, unscheduled: the untuned reference). With "cpu", a ``target`` that has AVX-512 gives
-    block-quantized matrices the shuffle-free GEMV of :mod:`pdlink.compile.gemv_words` for single rows."""
+    output, unscheduled: the untuned reference). With "cpu", a ``target`` with a vector kernel path
+    (AVX-512, AVX2, NEON) gives block-quantized matrices the shuffle-free GEMV of
+    :mod:`pdlink.compile.gemv_words` for single rows."""
     if form not in FORMS:
         raise ValueError(f"unknown matmul form {form!r}; choose one of {FORMS}")
     token = _FORM.set((form, target))
@@ -55,6 +56,7 @@ class FormattedMatrix(nn.Module):
         self.out_features, self.in_features, self.fmt = out_features, in_features, fmt
         self.form, target = _FORM.get()
         self.use_word_gemv = self.form == "cpu" and supports_word_gemv(fmt.name, in_features, target)
+        self.gemv_path = kernel_path(target) if self.use_word_gemv else None
         self.suffixes = []
         for suffix, (shape, dtype) in fmt.array_specs(out_features, in_features).items():
             setattr(self, suffix, nn.Parameter(shape, dtype))
@@ -66,7 +68,7 @@ class FormattedMatrix(nn.Module):
     def matmul_nt(self, x: nn.Tensor, name: str) -> nn.Tensor:
         """``x @ W.T`` for ``x`` of shape ``[rows, in]`` -> ``[rows, out]`` (float32).
 
-        One row (decode) of a block-quantized matrix on an AVX-512 host is the GEMV of
+        One row (decode) of a block-quantized matrix on a target with a vector kernel path is the GEMV of
         :mod:`pdlink.compile.gemv_words`. Any other single row is a GEMV: each output row is read in order, whole quantization blocks at
         a time, into independent vector accumulators (per-block scales widened to float32 once per
         row), then summed as a tree; the schedule vectorizes straight from the packed weights. More
@@ -103,7 +105,7 @@ class FormattedMatrix(nn.Module):
     def _word_gemv(self, x: nn.Tensor, name: str, swiglu: bool) -> nn.Tensor:
         n_in, n_out = self.in_features, self.out_features
         scale_dtype = self.fmt.array_specs(n_out, n_in)["scale"][1]
-        func = word_gemv(self.fmt.name, n_in, n_out, scale_dtype, swiglu=swiglu)
+        func = word_gemv(self.fmt.name, n_in, n_out, scale_dtype, swiglu=swiglu, path=self.gemv_path)
         out = nn.Tensor.placeholder((1, n_out // 2 if swiglu else n_out), "float32")
         return nn.tensor_ir_op(func, name, [x, *self._arrays()], out)
 

@@ -26,6 +26,7 @@ class TargetPreset:
     arch: str = "aarch64"
     notes: str = ""
     kv_page_size: int = 16
+    cpu_features: tuple[str, ...] = ()  # x86 extensions the code needs (checked when a package loads)
     extra: dict = field(default_factory=dict)
 
     def target_json(self) -> dict:
@@ -61,6 +62,25 @@ def _host_preset() -> TargetPreset:
         runnable_here=True,
         arch=arch,
         os="linux",
+    )
+
+
+def _x86_avx2_preset() -> TargetPreset:
+    """Any x86-64 CPU with AVX2, FMA and F16C (Haswell and later, AMD Zen): most laptops and desktops.
+    Built here, it also measures the AVX2 kernels on an AVX-512 machine."""
+    from pdlink.common.package import host_arch, host_cpu_features
+
+    features = ("avx", "avx2", "fma", "f16c")
+    runnable = host_arch() == "x86_64" and set(features) <= set(host_cpu_features())
+    return TargetPreset(
+        name="x86_64-avx2",
+        description="x86-64 Linux CPU with AVX2/FMA/F16C and no AVX-512 (Haswell+, Zen 1-3 laptops)",
+        host={"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"},
+        lib_format="so",
+        runnable_here=runnable,
+        arch="x86_64",
+        cpu_features=features,
+        notes="runs on this machine" if runnable else "needs an x86-64 CPU with AVX2",
     )
 
 
@@ -116,7 +136,7 @@ _STATIC_PRESETS = (
 
 def target_presets() -> dict[str, TargetPreset]:
     """All presets by name (``host`` describes the machine this runs on)."""
-    presets = {"host": _host_preset()}
+    presets = {"host": _host_preset(), "x86_64-avx2": _x86_avx2_preset()}
     presets.update({p.name: p for p in _STATIC_PRESETS})
     return presets
 

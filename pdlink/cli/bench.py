@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pdlink.cli.flags import add_flags, flag_values
 
-ENGINE = ("threads", "lengths", "decode_tokens", "repeats", "engines")
+ENGINE = ("threads", "lengths", "decode_tokens", "repeats", "engines", "target", "arm64_mix")
 SESSION = ("lengths", "max_tokens", "device_profile", "net_rtt_ms", "package", "cloud_backend", "cloud_threads",
            "device_threads")
 CLOUD = ("trace", "num_requests", "threads", "traces_dir")
@@ -26,7 +26,11 @@ def add_arguments(p) -> None:
     which = p.add_subparsers(dest="bench", required=True)
     e = which.add_parser("engine", help="pdlink packages vs llama.cpp and transformers")
     e.add_argument("--output", default="bench/results")
-    add_flags(e, EngineBenchConfig, ENGINE, helps={"threads": "threads for every engine (0 = all cores)"})
+    add_flags(e, EngineBenchConfig, ENGINE, helps={"threads": "threads for every engine (0 = all cores)",
+                                                   "target": "compile target of the pdlink packages: host, or "
+                                                             "x86_64-avx2 to measure the AVX2 kernels",
+                                                   "arm64_mix": "also compile the linux-arm64 package and report the "
+                                                                "instruction mix of its matmul kernels"})
     e.set_defaults(bench_func=_engine)
     s = which.add_parser("session", help="pd vs device vs cloud mode: TTFT, shown-token gaps, cloud busy time")
     s.add_argument("--output", default="bench/results")
@@ -90,8 +94,8 @@ def _engine(args) -> int:
     from pdlink.bench.engine import EngineBenchConfig, run_engine_bench
 
     report = run_engine_bench(EngineBenchConfig(output=args.output, **flag_values(args, ENGINE)))
-    keys = ("decode_ratio_q4_vs_llamacpp", "prefill_ratio_q4_vs_llamacpp", "decode_ratio_f32_vs_transformers",
-            "rss_ratio_q4_vs_llamacpp")
+    keys = ("kernel_path", "decode_ratio_q4_vs_llamacpp", "prefill_ratio_q4_vs_llamacpp",
+            "prefill_ratio_q4_vs_best_peer", "decode_ratio_f32_vs_transformers", "rss_ratio_q4_vs_llamacpp", "why_null")
     print(json.dumps({k: report[k] for k in keys}, indent=2))
     print(f"wrote {Path(args.output) / 'engine.json'} and engine.png")
     return 0

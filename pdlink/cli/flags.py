@@ -43,6 +43,14 @@ def _flag_type(annotation) -> tuple[type, type | None]:
     raise TypeError(f"no flag for a field of type {annotation!r}")
 
 
+class _AppendOverDefault(argparse.Action):
+    """A repeatable flag whose values replace its default list (argparse's "append" adds to it)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        current = getattr(namespace, self.dest)
+        setattr(namespace, self.dest, [*([] if current is self.default else current), values])
+
+
 def add_flags(parser: argparse.ArgumentParser, config_cls, names: Iterable[str], *, prefix: str = "",
               defaults: dict | None = None, helps: dict | None = None, rename: dict | None = None) -> None:
     """Add ``--{prefix}{name}`` for each field ``name`` of ``config_cls``, typed and defaulted by the field
@@ -59,7 +67,7 @@ def add_flags(parser: argparse.ArgumentParser, config_cls, names: Iterable[str],
         if kind is bool and default is False:
             parser.add_argument(flag, action="store_true", **extra)
         elif kind is tuple and element is str:
-            parser.add_argument(flag, action="append", default=list(default or ()), **extra)
+            parser.add_argument(flag, action=_AppendOverDefault, default=list(default or ()), **extra)
         elif kind is tuple:
             parser.add_argument(flag, nargs="+", type=element, default=list(default or ()), **extra)
         elif default is dataclasses.MISSING:

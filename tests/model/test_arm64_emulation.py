@@ -54,6 +54,29 @@ def test_native_runner_matches_the_engine_on_host(q4_1_package, host_reference):
     assert result.prompt_tokens == len(ids)
 
 
+def test_arm64_gemv_kernels_are_vectorised():
+    """The decode GEMV kernels of the arm64 package run on NEON: vector multiply-accumulates and int ->
+    float converts, and (almost) no scalar floating point, which is what a scalar fallback loop is made of.
+    The SwiGLU kernels keep a few scalar ops for ``silu`` per output; a regression to scalar code would
+    turn hundreds of ``fmla``s into ``fmadd``s."""
+    from pdlink.bench.instruction_mix import DisassemblerMissing, package_instruction_mix
+    from pdlink.compile.gemv_words import kernel_path
+    from pdlink.compile.target import get_target_preset
+
+    assert kernel_path(get_target_preset("linux-arm64").tvm_target()) == "neon"
+    try:
+        mix = package_instruction_mix(build_cached_package("q4_1", target="linux-arm64"))
+    except DisassemblerMissing as exc:  # a failure, not a skip: `make test` installs the tools
+        pytest.fail(str(exc), pytrace=False)
+    word_gemvs = {name: m for name, m in mix.items() if m["vector_convert"] > 0}
+    assert word_gemvs, f"no matmul kernel converts packed values in vector registers: {sorted(mix)}"
+    for name, m in word_gemvs.items():
+        assert m["vector_fma"] + m["vector_fp"] >= m["vector_convert"] > 0, (name, m)  # an fma per converted vector
+        assert m["scalar_fp"] * 10 <= m["vector_fma"], f"{name} looks scalar: {m}"
+    names = " ".join(word_gemvs)
+    assert "swiglu" in names and "lm_head" in names, f"GEMV kernels found: {names}"
+
+
 def test_arm64_package_under_qemu_matches_host(q4_1_package, host_reference):
     qemu_runner = _qemu_runner()
     ids, expected = host_reference
