@@ -144,6 +144,17 @@ class Session:
             self.engine.remove_sequence(self._kept[0])
             self._kept = None
 
+    def adopt_kv(self, seq: int, token_ids: list[int]) -> None:
+        """Hand the session a sequence whose KV cache holds ``token_ids`` (a kept conversation); the next
+        ``reuse_kv`` request starts from their common prefix with its prompt."""
+        self.release_kv()
+        self._kept = (seq, list(token_ids))
+
+    def take_kv(self) -> tuple[int, list[int]] | None:
+        """Take back the kept sequence and the ids in its KV cache (None when none); the session forgets it."""
+        kept, self._kept = self._kept, None
+        return kept
+
     def encode(self, prompt: str, raw: bool = False) -> list[int]:
         """The prompt's token ids: wrapped in the chat template as one user message unless ``raw``."""
         return self.tokenizer.encode(prompt) if raw else self.tokenizer.encode_chat(prompt)
