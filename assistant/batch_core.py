@@ -74,6 +74,10 @@ class BatchCore:
     def waiting(self) -> int:
         return len(self._decodes) + len(self._prefills)
 
+    @property
+    def waiting_decodes(self) -> int:
+        return len(self._decodes)
+
     def next_step(self) -> Step | None:
         """The next step to run (None when nothing waits); its works leave the queues."""
         if not self._decodes and not self._prefills:

@@ -2,7 +2,9 @@
 
 ``BatchingEngine`` looks like an ``Engine`` to a ``Session`` (``prefill``, ``decode``, sequences, tokenizer),
 but many sessions use it at once: each session's engine thread hands its call in and waits; one model thread
-runs the steps ``BatchCore`` picks, the waiting decodes of all requests as one ``Engine.batch_decode``. The
+runs the steps ``BatchCore`` picks, the waiting decodes of all requests as one ``Engine.batch_decode``, and
+prompts in chunks of ``prefill_chunk`` tokens between them (chunked prefill: a long prompt delays the others'
+next tokens by one chunk, not by the whole prompt). The
 sequence calls (add, remove, rollback) take the same lock as a step, so nothing touches the KV cache while a
 step runs.
 """
@@ -25,8 +27,10 @@ class EngineClosedError(RuntimeError):
 class BatchingEngine:
     """An ``Engine`` shared by concurrent requests, with their decodes batched (see the module docstring)."""
 
-    def __init__(self, engine, max_batch: int = 8):
-        self.engine = engine
+    def __init__(self, engine, max_batch: int = 8, prefill_chunk: int = 64):
+        if prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
+        self.engine, self.prefill_chunk = engine, prefill_chunk
         self.core = BatchCore(max_batch)
         self._cond = threading.Condition()
         self._lock = threading.Lock()  # held while the engine runs a step or changes a sequence
@@ -72,8 +76,14 @@ class BatchingEngine:
         return self._submit(Work(DECODE, seq_id, (int(token_id),)))
 
     def prefill(self, seq_id: int, token_ids) -> np.ndarray:
-        """Append a chunk of tokens (run alone, between decode batches); logits after the last."""
-        return self._submit(Work("prefill", seq_id, tuple(int(t) for t in token_ids)))
+        """Append tokens in chunks of ``prefill_chunk``, each run alone between decode batches (so another
+        request's stream waits at most one chunk); logits after the last token."""
+        ids = [int(t) for t in token_ids]
+        if not ids:
+            raise ValueError("prefill needs at least one token")
+        for start in range(0, len(ids), self.prefill_chunk):
+            logits = self._submit(Work("prefill", seq_id, tuple(ids[start:start + self.prefill_chunk])))
+        return logits
 
     def _submit(self, work: Work) -> np.ndarray:
         work.ticket = Future()

@@ -36,6 +36,7 @@ class AssistantConfig:
     context_window: int = 2048  # per sequence; the KV cache holds (max_concurrency + kept_conversations) of them
     default_max_tokens: int = 256  # when a request gives no max_tokens (clipped to the context left)
     threads: int = 0  # engine threads (0 = all cores)
+    prefill_chunk: int = 128  # prompt tokens per engine step: others' streams wait at most one chunk
     device_profile: str | None = None  # emulate a device (edge/device_profile.py), None = this machine
     max_gap_ms: float = 50.0
     refine: str = "off"
@@ -56,8 +57,8 @@ class AssistantConfig:
             raise ValueError("max_concurrency must be >= 1 and kept_conversations >= 0")
         if self.max_concurrency + self.kept_conversations > MAX_BATCH_SIZE:
             raise ValueError(f"max_concurrency + kept_conversations must be <= {MAX_BATCH_SIZE}")
-        if self.context_window < 16 or self.default_max_tokens < 1:
-            raise ValueError("context_window must be >= 16 and default_max_tokens >= 1")
+        if self.context_window < 16 or self.default_max_tokens < 1 or self.prefill_chunk < 1:
+            raise ValueError("context_window must be >= 16, default_max_tokens and prefill_chunk >= 1")
         if self.max_gap_ms <= 0 or self.net_rtt_ms < 0 or self.shutdown_grace_s < 0 or self.threads < 0:
             raise ValueError("max_gap_ms must be > 0; net_rtt_ms, shutdown_grace_s and threads >= 0")
         if self.refine not in REFINE_MODES:

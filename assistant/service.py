@@ -52,7 +52,7 @@ class Assistant:
                                          max_num_sequences=cfg.max_concurrency + cfg.kept_conversations))
         self.model_id = cfg.model_id or default_model_id(cfg.package)
         self.profile = self._profile(engine)
-        self.batching = BatchingEngine(engine, max_batch=cfg.max_concurrency)
+        self.batching = BatchingEngine(engine, max_batch=cfg.max_concurrency, prefill_chunk=cfg.prefill_chunk)
         self.kv = PrefixCache(cfg.kept_conversations, self.batching.remove_sequence)
         cloud = None
         if cfg.cloud:

@@ -7,7 +7,7 @@ import logging
 from pdlink.cli.flags import add_flags
 
 FLAGS = ("package", "cloud", "host", "port", "mode", "model_id", "max_concurrency", "kept_conversations",
-         "context_window", "default_max_tokens", "threads", "device_profile", "max_gap_ms", "refine", "net_rtt_ms",
+         "context_window", "default_max_tokens", "threads", "prefill_chunk", "device_profile", "max_gap_ms", "refine", "net_rtt_ms",
          "auth_token_file", "shutdown_grace_s")
 
 

@@ -60,9 +60,11 @@ def test_concurrent_decodes_of_several_threads_meet_in_one_batch_and_stay_correc
     prompts = {i: [i + 1] * (3 + i) for i in range(4)}
     seqs = {i: engine.add_sequence() for i in prompts}
     answers: dict[int, list[int]] = {}
+    prefilled = threading.Barrier(len(prompts), timeout=20)
 
     def run(i):
         logits = engine.prefill(seqs[i], prompts[i])
+        prefilled.wait()  # the held decode step must not hold up a prefill
         out = [int(logits.argmax())]
         for _ in range(5):
             out.append(int(engine.decode(seqs[i], out[-1]).argmax()))
@@ -73,7 +75,7 @@ def test_concurrent_decodes_of_several_threads_meet_in_one_batch_and_stay_correc
         t.start()
     for _ in range(1000):  # bounded: every thread's first decode is in the held step or waits behind it
         stats = engine.core.stats
-        if stats.decode_steps == 1 and stats.decode_rows + engine.core.waiting == len(prompts):
+        if stats.decode_steps == 1 and stats.decode_rows + engine.core.waiting_decodes == len(prompts):
             break
         threading.Event().wait(0.01)
     gate.set()
