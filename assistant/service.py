@@ -99,12 +99,12 @@ class Assistant:
         if mode != "device" and self.session_cfg.cloud is None:
             raise invalid(f"mode {mode!r} needs a cloud; start the server with --cloud ws://HOST:PORT",
                           param="x_pdlink.mode")
-        room = self.cfg.context_window - len(prompt_ids)
-        max_tokens = body.max_tokens or min(self.cfg.default_max_tokens, room)
+        window = self.batching.context_window
+        max_tokens = body.max_tokens or max(1, min(self.cfg.default_max_tokens, window - len(prompt_ids)))
         if not prompt_ids:
             raise invalid("the prompt is empty", param="prompt")
-        if len(prompt_ids) + max_tokens > self.cfg.context_window:
-            raise invalid(f"This model's maximum context length is {self.cfg.context_window} tokens. However, you "
+        if len(prompt_ids) + max_tokens > window:
+            raise invalid(f"This model's maximum context length is {window} tokens. However, you "
                           f"requested {len(prompt_ids) + max_tokens} tokens ({len(prompt_ids)} in the messages, "
                           f"{max_tokens} in the completion). Please reduce the length of the messages or completion.",
                           param="messages", code="context_length_exceeded")
@@ -134,21 +134,25 @@ class Assistant:
     async def run(self, job: Job) -> AsyncIterator[SessionToken | SessionResult]:
         """Stream a job's tokens, then its ``SessionResult``; the slot taken by ``admit`` is given back at the
         end. A request that does not finish (client gone, cancelled) frees its sequence."""
-        session = Session(self.session_cfg, engine=self.batching, profile=self.profile)
-        if (reuse := self.kv.take(job.prompt_ids)) is not None:
-            seq = self.batching.fork_sequence(reuse.seq, reuse.shared) if reuse.fork else reuse.seq
-            session.adopt_kv(seq, reuse.ids)
-        stream = session.agenerate(job.prompt_ids, **_fields(job.request))
-        finished = False
+        session, finished = None, False
         try:
-            async for tok in stream:
-                yield tok
-            finished = True
+            session = Session(self.session_cfg, engine=self.batching, profile=self.profile)
+            if (reuse := self.kv.take(job.prompt_ids)) is not None:
+                seq = self.batching.fork_sequence(reuse.seq, reuse.shared) if reuse.fork else reuse.seq
+                session.adopt_kv(seq, reuse.ids)
+            stream = session.agenerate(job.prompt_ids, **_fields(job.request))
+            try:
+                async for tok in stream:
+                    yield tok
+                finished = True
+            finally:
+                await stream.aclose()
         except ValueError as exc:
             raise invalid(str(exc)) from exc
         finally:
-            await stream.aclose()
-            self._after(job, session, finished)
+            self.inflight -= 1
+            if session is not None:
+                self._after(job, session, finished)
         yield session.last
 
     def _after(self, job: Job, session: Session, finished: bool) -> None:
@@ -159,7 +163,6 @@ class Assistant:
             else:
                 self.batching.remove_sequence(kept[0])
         session.engine_thread.shutdown(wait=False)
-        self.inflight -= 1
         if finished:
             self.metrics.observe(job.endpoint, job.request.mode, session.last)
             log.info(request_line(job, session.last, self.cfg.cloud))

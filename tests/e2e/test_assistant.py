@@ -191,3 +191,20 @@ def test_chat_page_streams_an_answer_with_both_origins_marked(assistant, tmp_pat
         finally:
             browser.close()
     assert "mode pd" in meta and (tmp_path / "chat_page.png").stat().st_size > 0
+
+
+def test_sigterm_ends_in_flight_streams_frees_them_and_exits_cleanly(q4_1_package, tmp_path):
+    profile = tmp_path / "slow.json"
+    profile.write_text(json.dumps(SLOW_DEVICE))
+    log = tmp_path / "assistant.log"
+    with AssistantProcess("--package", str(q4_1_package), "--threads", "1", "--context-window", "512",
+                          "--device-profile", str(profile), "--shutdown-grace-s", "2", log_path=log) as proc:
+        proc.wait_ready(timeout_s=240)
+        client = openai.OpenAI(base_url=proc.url + "/v1", api_key="local", max_retries=0, timeout=60)
+        stream = client.chat.completions.create(model=MODEL, max_tokens=400, temperature=0, stream=True,
+                                                messages=[{"role": "user", "content": "Write a long poem."}])
+        next(iter(stream))  # the request is in flight
+        assert proc.stop(timeout_s=30) == 0
+    text = log.read_text()
+    assert "cancelled" in text or "finish=" in text, text[-2000:]
+    assert "Application shutdown complete" in text

@@ -118,6 +118,8 @@ def test_a_second_turn_reuses_the_first_turns_kv_and_finished_requests_keep_only
     ({"messages": []}, 400, "messages", None),
     ({"messages": [{"role": "wizard", "content": "x"}]}, 400, "messages.0.role", None),
     ({"max_tokens": 1000}, 400, "messages", "context_length_exceeded"),
+    ({"messages": [{"role": "user", "content": "x" * 300}], "max_tokens": None}, 400, "messages",
+     "context_length_exceeded"),
     ({"x_pdlink": {"mode": "pd"}}, 400, "x_pdlink.mode", None),
     ({"x_pdlink": {"mode": "warp"}}, 400, "x_pdlink.mode", None),
 ])
