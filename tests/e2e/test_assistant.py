@@ -204,7 +204,8 @@ def test_sigterm_ends_in_flight_streams_frees_them_and_exits_cleanly(q4_1_packag
         stream = client.chat.completions.create(model=MODEL, max_tokens=400, temperature=0, stream=True,
                                                 messages=[{"role": "user", "content": "Write a long poem."}])
         next(iter(stream))  # the request is in flight
-        assert proc.stop(timeout_s=30) == 0
+        # uvicorn shuts down cleanly, then re-raises the SIGTERM it caught (the conventional exit status)
+        assert proc.stop(timeout_s=30) in (0, -15)
     text = log.read_text()
     assert "cancelled" in text or "finish=" in text, text[-2000:]
-    assert "Application shutdown complete" in text
+    assert "Application shutdown complete" in text and "Finished server process" in text
