@@ -77,7 +77,9 @@ async def _answer(assistant: Assistant, kind: str, body, job: Job):
     want_timeline = bool(body.x_pdlink and body.x_pdlink.timeline)
     assistant.admit()
     if body.stream:
-        return EventSourceResponse(_events(assistant, builder, job, want_timeline, body.include_usage), sep="\n")
+        # on shutdown a stream gets the grace period to finish, then it is cancelled (and frees its sequence)
+        return EventSourceResponse(_events(assistant, builder, job, want_timeline, body.include_usage), sep="\n",
+                                   shutdown_grace_period=assistant.cfg.shutdown_grace_s)
     result = None
     async for item in assistant.run(job):
         if isinstance(item, SessionResult):

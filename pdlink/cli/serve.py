@@ -41,5 +41,5 @@ def run(args) -> int:
     print(f"pdlink assistant: http://{cfg.host}:{cfg.port}/ (model {assistant.model_id}, default mode "
           f"{cfg.default_mode}, cloud {cfg.cloud or 'none'})", flush=True)
     uvicorn.run(create_app(assistant), host=cfg.host, port=cfg.port, log_level=args.log_level, access_log=False,
-                timeout_graceful_shutdown=cfg.shutdown_grace_s)
+                timeout_graceful_shutdown=cfg.shutdown_grace_s + 2)  # streams get the grace first (app.py)
     return 0

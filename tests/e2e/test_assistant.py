@@ -193,19 +193,29 @@ def test_chat_page_streams_an_answer_with_both_origins_marked(assistant, tmp_pat
     assert "mode pd" in meta and (tmp_path / "chat_page.png").stat().st_size > 0
 
 
-def test_sigterm_ends_in_flight_streams_frees_them_and_exits_cleanly(q4_1_package, tmp_path):
+def test_sigterm_finishes_short_requests_cancels_long_ones_frees_both_and_exits(q4_1_package, tmp_path):
     profile = tmp_path / "slow.json"
     profile.write_text(json.dumps(SLOW_DEVICE))
     log = tmp_path / "assistant.log"
     with AssistantProcess("--package", str(q4_1_package), "--threads", "1", "--context-window", "512",
-                          "--device-profile", str(profile), "--shutdown-grace-s", "2", log_path=log) as proc:
+                          "--device-profile", str(profile), "--shutdown-grace-s", "6", log_path=log) as proc:
         proc.wait_ready(timeout_s=240)
         client = openai.OpenAI(base_url=proc.url + "/v1", api_key="local", max_retries=0, timeout=60)
         stream = client.chat.completions.create(model=MODEL, max_tokens=400, temperature=0, stream=True,
                                                 messages=[{"role": "user", "content": "Write a long poem."}])
-        next(iter(stream))  # the request is in flight
+        next(iter(stream))  # a long answer is in flight (20 s at the slow device's pace)
+        short: list = []
+        t = threading.Thread(target=lambda: short.append(client.chat.completions.create(
+            model=MODEL, max_tokens=2, temperature=0, messages=[{"role": "user", "content": "Write a long poem."}])))
+        t.start()
+        for _ in range(100):  # bounded: the short request has arrived
+            if proc.health()["inflight"] == 2:
+                break
+            time.sleep(0.05)
         # uvicorn shuts down cleanly, then re-raises the SIGTERM it caught (the conventional exit status)
         assert proc.stop(timeout_s=30) in (0, -15)
+        t.join(30)
     text = log.read_text()
-    assert "cancelled" in text or "finish=" in text, text[-2000:]
+    assert short and short[0].choices[0].message.content  # finished within the grace period
+    assert text.count("finish=") >= 1 and "cancelled" in text, text[-2000:]
     assert "Application shutdown complete" in text and "Finished server process" in text
