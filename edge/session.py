@@ -144,6 +144,17 @@ class Session:
             self.engine.remove_sequence(self._kept[0])
             self._kept = None
 
+    def adopt_kv(self, seq: int, token_ids: list[int]) -> None:
+        """Hand the session a sequence whose KV cache holds ``token_ids`` (a kept conversation); the next
+        ``reuse_kv`` request starts from their common prefix with its prompt."""
+        self.release_kv()
+        self._kept = (seq, list(token_ids))
+
+    def take_kv(self) -> tuple[int, list[int]] | None:
+        """Take back the kept sequence and the ids in its KV cache (None when none); the session forgets it."""
+        kept, self._kept = self._kept, None
+        return kept
+
     def encode(self, prompt: str, raw: bool = False) -> list[int]:
         """The prompt's token ids: wrapped in the chat template as one user message unless ``raw``."""
         return self.tokenizer.encode(prompt) if raw else self.tokenizer.encode_chat(prompt)
@@ -190,7 +201,7 @@ class Session:
             raise ValueError(f"mode {req.mode!r} needs a package (the device's model)")
         ids = self._prompt_ids(prompt, req.raw)
         settings = self._settings(req, len(ids) if ids is not None else 0)
-        seq, cached = self._sequence_for(ids, req) if req.mode != "cloud" else (None, 0)
+        seq, cached = await self._asequence_for(ids, req) if req.mode != "cloud" else (None, 0)
         run = None
         try:
             run = SessionRun(self, req, prompt, ids, settings, seq, cached)
@@ -243,6 +254,17 @@ class Session:
         return replace(settings, use_cloud=settings.use_cloud if req.k is None else req.k > 0,
                        k=settings.k if req.k is None else req.k,
                        pace_s=settings.pace_s if req.pace_s is None else req.pace_s, reason="set by the caller")
+
+    async def _asequence_for(self, ids: list[int], req: GenerationRequest) -> tuple[int, int]:
+        """``_sequence_for`` on the engine thread (an engine shared with other requests may be mid-step, and
+        the event loop must not wait for it); a request cancelled meanwhile frees the sequence it got."""
+        fut = asyncio.get_running_loop().run_in_executor(self.engine_thread, self._sequence_for, ids, req)
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception() is not None
+                                  or self.engine.remove_sequence(f.result()[0]))
+            raise
 
     def _sequence_for(self, ids: list[int], req: GenerationRequest) -> tuple[int, int]:
         """The engine sequence for a request and how many leading prompt tokens it holds already."""

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "profile": ("profile", "measure this device's prefill/decode speed for a package and store it"),
     "demo": ("demo", "P/D-Device demo: cloud on loopback, pd vs device under a phone profile"),
     "cloud": ("cloud", "the cloud prefill service (serve, probe)"),
+    "serve": ("serve", "desktop assistant: OpenAI-compatible local server and chat page over the P/D session"),
     "bench": ("bench", "benchmarks (JSON + plots)"),
 }
 

@@ -17,6 +17,10 @@ TRACE = ("trace", "traces_dir", "devices", "mode", "device_profile", "cloud_prof
 SWEEP = tuple(n for n in TRACE if n not in ("devices", "mode", "cloud_profile", "simulate", "rate_scale", "poisson"))  # closed loop
 
 
+ASSISTANT = ("clients", "prompt_chars", "max_tokens", "net_rtt_ms", "cloud_threads",
+             "device_threads", "package")
+
+
 def add_arguments(p) -> None:
     from pdlink.bench.cloud import CloudBenchConfig
     from pdlink.bench.engine import EngineBenchConfig
@@ -24,6 +28,16 @@ def add_arguments(p) -> None:
     from pdlink.traces.report import TraceBenchConfig
 
     which = p.add_subparsers(dest="bench", required=True)
+    from pdlink.bench.assistant import AssistantBenchConfig
+
+    a = which.add_parser("assistant", help="the desktop assistant (pdlink serve) under concurrent chat clients: "
+                                           "TTFT and gaps, pd vs device, second turn with vs without prefix reuse")
+    a.add_argument("--output", default="bench/results")
+    add_flags(a, AssistantBenchConfig, ASSISTANT)
+    a.add_argument("--profiles", nargs="+", default=list(AssistantBenchConfig.profiles),
+                   help="emulated device profiles (edge/device_profile.py)")
+    a.add_argument("--modes", nargs="+", default=list(AssistantBenchConfig.modes), help="pd and/or device")
+    a.set_defaults(bench_func=_assistant)
     e = which.add_parser("engine", help="pdlink packages vs llama.cpp and transformers")
     e.add_argument("--output", default="bench/results")
     add_flags(e, EngineBenchConfig, ENGINE, helps={"threads": "threads for every engine (0 = all cores)",
@@ -88,6 +102,16 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     return args.bench_func(args)
+
+
+def _assistant(args) -> int:
+    from pdlink.bench.assistant import AssistantBenchConfig, run_assistant_bench
+
+    report = run_assistant_bench(AssistantBenchConfig(output=args.output, profiles=tuple(args.profiles),
+                                                      modes=tuple(args.modes), **flag_values(args, ASSISTANT)))
+    print(json.dumps(report["summary"], indent=2))
+    print(f"wrote {Path(args.output) / 'assistant.json'} and assistant.png")
+    return 0
 
 
 def _engine(args) -> int:

@@ -17,8 +17,9 @@ import contextlib, io, json, sys
 from pdlink.edge.engine import Engine
 from pdlink.edge.session import Session
 from pdlink.edge.chat import Conversation
+from pdlink.assistant.app import create_app
 from pdlink.cli import main
-for argv in (["generate", "--help"], ["chat", "--help"]):
+for argv in (["generate", "--help"], ["chat", "--help"], ["serve", "--help"]):
     with contextlib.redirect_stdout(io.StringIO()):
         try:
             main(argv)
@@ -34,7 +35,7 @@ def test_device_entry_points_and_their_commands_load_no_cloud_server_torch_compi
     loaded = json.loads(proc.stdout)
     bad = [m for m in loaded if m.startswith(FORBIDDEN_ON_DEVICE)]
     assert not bad, f"the device side loaded {bad}"
-    assert "pdlink.edge.session" in loaded and "pdlink.cli.generate" in loaded
+    assert "pdlink.edge.session" in loaded and "pdlink.cli.generate" in loaded and "pdlink.cli.serve" in loaded
 
 
 def _imports(folder: str) -> set[str]:
@@ -50,7 +51,8 @@ def _imports(folder: str) -> set[str]:
 
 def test_each_folder_imports_only_what_sits_below_it():
     for folder, allowed in (("common", ("pdlink.common",)), ("compile", ("pdlink.common", "pdlink.compile")),
-                            ("edge", ("pdlink.common", "pdlink.edge")), ("traces", ("pdlink.common", "pdlink.traces")),
+                            ("edge", ("pdlink.common", "pdlink.edge")),
+                            ("assistant", ("pdlink.common", "pdlink.edge", "pdlink.assistant")), ("traces", ("pdlink.common", "pdlink.traces")),
                             ("sim", ("pdlink.common", "pdlink.edge", "pdlink.traces", "pdlink.sim", "pdlink.cloud"))):
         ours = {m for m in _imports(folder) if m.startswith("pdlink.")}
         assert all(m.startswith(allowed) for m in ours), f"{folder}/ imports {sorted(ours)}"

@@ -16,7 +16,8 @@ def test_plain_wheel_holds_everything_under_pdlink(tmp_path):
     (wheel,) = tmp_path.glob("pdlink-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for expected in ("pdlink/cli/__init__.py", "pdlink/edge/engine.py", "pdlink/compile/model.py", "pdlink/common/protocol.py",
-                     "pdlink/bench/engine.py", "pdlink/android_bridge/native/pdlink_run.cc", "pdlink/traces/__init__.py"):
+                     "pdlink/bench/engine.py", "pdlink/android_bridge/native/pdlink_run.cc", "pdlink/traces/__init__.py",
+                     "pdlink/assistant/app.py", "pdlink/assistant/static/index.html"):
         assert expected in names, expected
     top_level = {n.split("/")[0] for n in names}
     assert top_level <= {"pdlink"} | {n for n in top_level if n.endswith(".dist-info")}
