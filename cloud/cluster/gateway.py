@@ -26,6 +26,7 @@ from pdlink.cloud.cluster.config import ClusterConfig
 from pdlink.cloud.cluster.flow import RequestFlow
 from pdlink.cloud.cluster.forwarding import OnDemandRouter, Pools, QueueReportRouter
 from pdlink.cloud.cluster.gateway_model import ModelCard, model_card
+from pdlink.cloud.cluster.handle import InstanceDied
 from pdlink.cloud.cluster.groups import RequestFeatures, classify, prefix_hash
 from pdlink.cloud.cluster.runtime import Runtime
 from pdlink.cloud.config import CloudConfig
@@ -143,8 +144,15 @@ class Gateway:
     def spawn(self, coro) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
         return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()  # a cancel/stop sent to an instance that is gone is moot
+            if not isinstance(exc, InstanceDied):
+                log.error("gateway task failed: %r", exc)
 
     def instance_died(self, name: str) -> None:
         if self.pools.by_name[name].alive:

@@ -6,6 +6,7 @@ died, or it was closed) raises :class:`InstanceDied`, which the gateway answers 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 
@@ -14,22 +15,35 @@ class InstanceDied(RuntimeError):
 
 
 class LocalHandle:
-    """An instance object in this process (tests; ``--cluster inproc``). ``kill()`` makes it die as an actor would."""
+    """An instance object in this process (tests; ``--cluster inproc``). ``kill()`` makes it die as an actor
+    would: every call in flight and every later call raises :class:`InstanceDied`."""
 
     def __init__(self, name: str, instance: Any):
         self.name, self.instance, self.dead = name, instance, False
+        self._calls: set[asyncio.Task] = set()
 
     async def call(self, method: str, *args: Any) -> Any:
         if self.dead:
             raise InstanceDied(f"instance {self.name} is gone")
-        result = await getattr(self.instance, method)(*args)
-        if self.dead:  # died while the call ran
-            raise InstanceDied(f"instance {self.name} is gone")
-        return result
+        task = asyncio.ensure_future(getattr(self.instance, method)(*args))
+        self._calls.add(task)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if self.dead:
+                raise InstanceDied(f"instance {self.name} is gone") from None
+            task.cancel()
+            raise
+        finally:
+            self._calls.discard(task)
 
     async def kill(self) -> None:
         self.dead = True
-        await self.instance.close()
+        waiting = [t for t in self._calls if not t.done()]
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        self._closing = asyncio.ensure_future(self.instance.close())  # its thread stops after its current step
 
 
 class RayHandle:

@@ -41,7 +41,7 @@ class Instance:
     def _make_scheduler(self) -> Scheduler:
         raise NotImplementedError
 
-    async def start(self) -> dict:
+    async def boot(self) -> dict:
         """Bind to the running event loop, warm up and start the model worker; returns ``describe()``."""
         if not self._started:
             self._loop = asyncio.get_running_loop()

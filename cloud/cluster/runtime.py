@@ -50,7 +50,7 @@ class Runtime:
                     _CLASSES[spec.role])
                 actor = actor_cls.options(name=f"pdlink-{spec.name}-{os.getpid()}").remote(spec)
                 self.handles[spec.name] = RayHandle(spec.name, actor)
-        answers = await asyncio.gather(*(h.call("start") for h in self.handles.values()))
+        answers = await asyncio.gather(*(h.call("boot") for h in self.handles.values()))
         self.describe = {a["name"]: a for a in answers}
 
     def _init_ray(self) -> None:
