@@ -115,6 +115,9 @@ class Gateway:
         if request.num_prompt_tokens + request.max_tokens > self.backend.context_window:
             raise ValueError(f"{request.num_prompt_tokens} prompt + {request.max_tokens} leading tokens exceed the "
                              f"context window of {self.backend.context_window}")
+        if len(self.flows) >= self.cfg.max_concurrent_requests:
+            return Admission(False, 0.0, f"the server is at its limit of {self.cfg.max_concurrent_requests} "
+                             "requests", 1.0)
         connection = self._connections.get(request.key[0])
         hello = connection.protocol.hello if connection else None
         app = (hello.client or hello.model_id) if hello else ""
