@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from pdlink.common.models import default_model_id
 from pdlink.common.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from pdlink.cloud.kv.snapshot import KVSnapshot
 
 BACKEND_DEVICES = ("cpu", "cuda", "npu")
 
@@ -74,6 +77,21 @@ class Backend(ABC):
 
     def _cannot_score(self) -> BackendError:
         return BackendError(f"the {self.info.get('backend', type(self).__name__)} backend does not score prompts")
+
+    supports_kv_transfer: bool = False  # True: ``export_kv`` and ``import_kv`` work
+
+    def export_kv(self, seq_id: int) -> "KVSnapshot":
+        """The KV of every token of ``seq_id`` as one contiguous :class:`~pdlink.cloud.kv.KVSnapshot`
+        (the sequence is unchanged). Raises ``KeyError`` for an unknown id, ``ValueError`` for an empty one."""
+        raise self._cannot_transfer()
+
+    def import_kv(self, snapshot: "KVSnapshot") -> int:
+        """A new sequence holding ``snapshot``'s KV, ready to ``decode`` its next token; returns its id.
+        Raises ``ValueError`` when the snapshot is of another model or shape, ``BackendError`` when full."""
+        raise self._cannot_transfer()
+
+    def _cannot_transfer(self) -> BackendError:
+        return BackendError(f"the {self.info.get('backend', type(self).__name__)} backend cannot export or import KV")
 
     @property
     @abstractmethod

@@ -12,10 +12,13 @@ from typing import Sequence
 import numpy as np
 
 from pdlink.cloud.backend import Backend, BackendError
+from pdlink.cloud.kv.snapshot import KVSnapshot
 
 
 class PackageBackend(Backend):
     """A compiled package behind the :class:`Backend` interface (``Engine.prefill``/``batch_decode``)."""
+
+    supports_kv_transfer = True
 
     def __init__(self, package: str, *, model_id: str, threads: int = 0, max_sequences: int = 16,
                  context_window: int = 0):
@@ -39,6 +42,7 @@ class PackageBackend(Backend):
         self.eos_token_ids = tuple(sorted(end_of_turn_ids(engine.model_config.eos_token_ids, self.tokenizer)))
         self.info = {"backend": "package", "device": "cpu", "threads": engine.num_threads, "package": str(package),
                      "quantization": engine.manifest.quantization, "target": engine.manifest.target.preset}
+        self._tokens: dict[int, list[int]] = {}  # what each sequence's cache holds (for export_kv)
 
     @property
     def num_sequences(self) -> int:
@@ -46,12 +50,29 @@ class PackageBackend(Backend):
 
     def add_sequence(self) -> int:
         try:
-            return self.engine.add_sequence()
+            seq_id = self.engine.add_sequence()
         except RuntimeError as exc:
             raise BackendError(str(exc)) from exc
+        self._tokens[seq_id] = []
+        return seq_id
 
     def free_sequence(self, seq_id: int) -> None:
         self.engine.remove_sequence(seq_id)
+        del self._tokens[seq_id]
+
+    def export_kv(self, seq_id: int) -> KVSnapshot:
+        return KVSnapshot.build(model_id=self.model_id, token_ids=self._tokens[seq_id],
+                                data=self.engine.export_kv(seq_id),
+                                page_size=int(self.engine.manifest.kv_cache["page_size"]))
+
+    def import_kv(self, snapshot: KVSnapshot) -> int:
+        if snapshot.header.model_id != self.model_id:
+            raise ValueError(f"KV of model {snapshot.header.model_id!r} cannot continue on {self.model_id!r}")
+        if len(self.engine.sequences) >= self.max_sequences:
+            raise BackendError(f"{self.max_sequences} sequences are live already (max_sequences)")
+        seq_id = self.engine.import_kv(snapshot.data)
+        self._tokens[seq_id] = list(snapshot.header.token_ids)
+        return seq_id
 
     def prefill(self, chunks: dict[int, Sequence[int]]) -> dict[int, np.ndarray]:
         engine, out = self.engine, {}
@@ -71,7 +92,12 @@ class PackageBackend(Backend):
                 out[s] = engine.prefill(s, ids)
             else:
                 out.update(engine.batch_prefill(group))
+            for s, ids in group.items():
+                self._tokens[s].extend(int(t) for t in ids)
         return out
 
     def decode(self, seq_ids: Sequence[int], token_ids: Sequence[int]) -> np.ndarray:
-        return self.engine.batch_decode(list(seq_ids), [int(t) for t in token_ids])
+        logits = self.engine.batch_decode(list(seq_ids), [int(t) for t in token_ids])
+        for s, t in zip(seq_ids, token_ids):
+            self._tokens[s].append(int(t))
+        return logits

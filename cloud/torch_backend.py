@@ -12,17 +12,20 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 
 from pdlink.cloud.attention_scorer import AttentionScorer
 from pdlink.cloud.backend import Backend, BackendError
+from pdlink.cloud.kv.snapshot import KVSnapshot
+from pdlink.cloud.kv.torch_layout import array_to_layers, layers_to_array
 from pdlink.common.models import cache_root
 from pdlink.common.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
+KV_PAGE_SIZE = 16  # tokens per block when a snapshot is sent in the block layout (transformers' cache has no pages)
 
 
 def import_torch(device: str):
@@ -74,6 +77,7 @@ def checkpoint_tokenizer(ckpt) -> Tokenizer:
 class _Seq:
     length: int = 0
     cache: object = None  # a DynamicCache [1, heads, length, dim] while outside the decode batch
+    token_ids: list = field(default_factory=list)  # what the cache holds (for export_kv)
 
 
 class _DecodeBatch:
@@ -87,6 +91,7 @@ class TorchBackend(Backend):
     """A transformers causal LM (float32) behind the :class:`Backend` interface; scores prompts for refinement."""
 
     supports_refinement = True
+    supports_kv_transfer = True
 
     def __init__(self, model: str, *, model_id: str, device: str = "cpu", threads: int = 0, max_sequences: int = 16,
                  context_window: int = 0):
@@ -153,6 +158,37 @@ class TorchBackend(Backend):
             raise ValueError(f"sequence {seq_id} has no cache of its own (score it before decoding)")
         return self._scorer.scores(seq_id, seq.cache, seq.length)
 
+    def export_kv(self, seq_id: int) -> KVSnapshot:
+        seq = self._seqs[seq_id]
+        if not seq.length:
+            raise ValueError(f"sequence {seq_id} is empty: nothing to export")
+        if seq.cache is not None:
+            layers = [(layer.keys, layer.values) for layer in seq.cache.layers]
+        else:  # a row of the decode batch, after its left padding
+            i = self._batch.rows.index(seq_id)
+            pad = self._batch.pads[i]
+            layers = [(layer.keys[i:i + 1, :, pad:], layer.values[i:i + 1, :, pad:]) for layer in self._batch.cache.layers]
+        return KVSnapshot.build(model_id=self.model_id, token_ids=seq.token_ids, data=layers_to_array(layers),
+                                page_size=KV_PAGE_SIZE)
+
+    def import_kv(self, snapshot: KVSnapshot) -> int:
+        from transformers import DynamicCache
+
+        h = snapshot.header
+        cfg = self.model.config
+        want = (cfg.num_hidden_layers, cfg.num_key_value_heads, getattr(cfg, "head_dim", None)
+                or cfg.hidden_size // cfg.num_attention_heads)
+        if h.model_id != self.model_id or (h.num_layers, h.num_kv_heads, h.head_dim) != want:
+            raise ValueError(f"KV of {h.model_id} ({h.num_layers} layers, {h.num_kv_heads}x{h.head_dim}) does not fit "
+                             f"{self.model_id} ({want[0]} layers, {want[1]}x{want[2]})")
+        if len(h.token_ids) > self.context_window:
+            raise ValueError(f"{len(h.token_ids)} tokens of KV exceed the context window of {self.context_window}")
+        seq_id = self.add_sequence()
+        seq = self._seqs[seq_id]
+        seq.cache = DynamicCache(ddp_cache_data=array_to_layers(snapshot.data, self.device))
+        seq.length, seq.token_ids = len(h.token_ids), list(h.token_ids)
+        return seq_id
+
     def _check(self, seq_id: int, token_ids: Sequence[int]) -> list[int]:
         seq = self._seqs[seq_id]
         ids = [int(t) for t in token_ids]
@@ -186,6 +222,7 @@ class TorchBackend(Backend):
                                         position_ids=positions[None], cache_position=positions,
                                         past_key_values=seq.cache, use_cache=True, logits_to_keep=1)
                 seq.length += len(ids)
+                seq.token_ids.extend(ids)
                 out[seq_id] = result.logits[0, -1].float().cpu().numpy()
         return out
 
@@ -218,6 +255,8 @@ class TorchBackend(Backend):
         batch.width += 1
         for s in batch.rows:
             self._seqs[s].length += 1
+        for s, t in zip(seq_ids, token_ids):
+            self._seqs[s].token_ids.append(int(t))
         logits = result.logits[:, -1].float().cpu().numpy()
         return logits[[row_of[s] for s in seq_ids]]
 

@@ -43,6 +43,11 @@ ENTRY_POINTS: dict[str, list[dict]] = {
 }
 
 
+# How the runtime reads and writes one sequence's KV (compile/kv_exchange.py), recorded in the manifest's
+# kv_cache section: packages built before KV export/import lack it and are refused with "recompile".
+KV_IO = "exchange-v1"
+
+
 class PackageError(ValueError):
     """The package cannot be used: missing, corrupt, tampered, or built for another machine."""
 

@@ -14,6 +14,7 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedK
 from tvm import relax as rx
 
 from pdlink.compile.attention import cpu_attention_kernels
+from pdlink.compile.kv_exchange import kv_exchange_kernel
 from pdlink.compile.formatted_matrix import FormattedMatrix, matmul_forms
 from pdlink.compile.quantization import Quantization
 from pdlink.compile.weight_format import WeightFormat
@@ -153,7 +154,7 @@ class LlamaForCausalLM(nn.Module):
         """
         cfg = self.cfg
         kernels = cpu_attention_kernels() if self.target.kind.name == "llvm" else contextlib.nullcontext()
-        with kernels:
+        with kernels, kv_exchange_kernel():
             return TIRPagedKVCache(
                 attn_kind="mha",
                 max_batch_size=max_batch_size,

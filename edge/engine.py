@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pdlink.common.package import ENTRY_POINTS, MAX_BATCH_SIZE, Manifest, PackageError, check_runnable_here, load_manifest
+from pdlink.common.package import ENTRY_POINTS, KV_IO, MAX_BATCH_SIZE, Manifest, PackageError, check_runnable_here, load_manifest
+from pdlink.edge.kv_io import KVExchange
 from pdlink.edge.params_file import ParamsFileError, load_params
 from pdlink.common.tokenizer import Tokenizer
 from pdlink.common.tvm_runtime import load_tvm
@@ -100,6 +101,8 @@ class Engine:
         self.kv = self.vm["create_tir_paged_kv_cache"](
             *(tvm.runtime.ShapeTuple([v]) for v in self._kv_cache_args())
         )
+        cfg_m = self.model_config
+        self._kv_io = KVExchange(tvm, self._dev, cfg_m.num_hidden_layers, cfg_m.num_key_value_heads, cfg_m.head_dim)
         self._lengths: dict[int, int] = {}
         self._next_id = 0
         self._pool_threads = {threading.get_ident()}  # threads whose TVM pool is sized (see _forward)
@@ -110,6 +113,9 @@ class Engine:
         return (self.cfg.max_num_sequences, total, self.prefill_chunk_size, page, 0)
 
     def _check_entry_points(self) -> None:
+        if self.manifest.kv_cache.get("kv_io") != KV_IO:
+            raise PackageError("package was built before KV export/import (its kv_cache lacks kv_io "
+                               f"{KV_IO!r}); recompile it with this pdlink")
         for name, args in ENTRY_POINTS.items():
             if self.manifest.entry_points.get(name) != args:
                 raise PackageError(f"package entry point {name!r} differs from what this runtime calls; recompile")
@@ -163,6 +169,32 @@ class Engine:
         if num_tokens:
             self._kv_fn["popn"](self.kv, seq_id, num_tokens)
             self._lengths[seq_id] -= num_tokens
+
+    def export_kv(self, seq_id: int) -> np.ndarray:
+        """A copy of the sequence's KV, ``[num_layers, 2, tokens, kv_heads, head_dim]`` float32 (K after
+        RoPE); the sequence is unchanged. ValueError for an empty sequence."""
+        self._require(seq_id)
+        if not self._lengths[seq_id]:
+            raise ValueError(f"sequence {seq_id} is empty: nothing to export")
+        return self._kv_io.read(self.kv, seq_id, self._lengths[seq_id])
+
+    def import_kv(self, data: np.ndarray) -> int:
+        """A new sequence holding ``data`` (as ``export_kv`` returns it, possibly from another engine of the
+        same model); decode its next token as if it had been prefilled here. Returns its id."""
+        data = self._kv_io.check(data, self.context_window)
+        seq_id = self.add_sequence()
+        try:
+            st = self._tvm.runtime.ShapeTuple
+            for start in range(0, data.shape[2], self.prefill_chunk_size):  # reserve the pages, chunk by chunk
+                n = min(self.prefill_chunk_size, data.shape[2] - start)
+                self._kv_fn["begin_forward"](self.kv, st([seq_id]), st([n]))
+                self._kv_fn["end_forward"](self.kv)
+                self._lengths[seq_id] += n
+            self._kv_io.write(self.kv, seq_id, data)
+        except BaseException:
+            self.remove_sequence(seq_id)
+            raise
+        return seq_id
 
     def num_computed_tokens(self, seq_id: int) -> int:
         """Tokens of the sequence already in the KV cache."""
