@@ -19,8 +19,8 @@ class ClusterMetrics:
                                 "or no live instance)", ["group"], registry=r)
         self.failovers = Counter("pdlink_cluster_failovers", "Requests moved off a dead instance, by role",
                                  ["group", "role"], registry=r)
-        self.kv = Counter("pdlink_cluster_kv_handoffs", "Prefill -> decode hand-overs: kv (imported) or "
-                          "reprefill (no KV, or it failed)", ["group", "path"], registry=r)
+        self.kv = Counter("pdlink_cluster_kv_handoffs", "Prefill -> decode hand-overs: kv (imported), "
+                          "failed (a KV came but could not be used: re-prefilled) or reprefill (no KV sent)", ["group", "path"], registry=r)
         self.ttft = Histogram("pdlink_cluster_ttft_seconds", "Request received to first token, by group", ["group"],
                               buckets=TTFT_BUCKETS, registry=r)
         self.open = Gauge("pdlink_cluster_instance_open_requests", "Requests the gateway has open on an instance",

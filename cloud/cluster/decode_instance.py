@@ -16,7 +16,7 @@ from pdlink.cloud.cluster.instance import Instance
 from pdlink.cloud.cluster.instance_scheduler import DecodeScheduler
 from pdlink.cloud.cluster.instance_spec import InstanceSpec
 from pdlink.cloud.cluster.jobs import DecodeBatch, DecodeJob
-from pdlink.cloud.cluster.kv_link import kv_importer
+from pdlink.cloud.cluster.kv_link import kv_importer, receive
 from pdlink.cloud.outputs import FinishedOutput, TokenOutput
 from pdlink.cloud.request import Request
 
@@ -37,12 +37,17 @@ class DecodeInstance(Instance):
             return False
         request = Request(job.key, job.tokens, job.max_tokens, job.sampling, job.stop_token_ids,
                           arrival_s=time.perf_counter())
+        kv, error = await receive(job.kv)  # the prompt's KV out of the object store (None: re-prefill)
+        if self._closed or job.key in self._requests:
+            return False
         self._open_queue(job.key)
 
         def admit(sched: DecodeScheduler):
             verdict = sched.admit(request)
-            if verdict.accepted and job.kv is not None:
-                sched.pending[job.key] = job.kv
+            if verdict.accepted and kv is not None:
+                sched.pending[job.key] = kv
+            elif verdict.accepted and error:
+                sched.failed.add(job.key)
             return verdict
 
         verdict = self.worker.call(admit)
@@ -68,7 +73,8 @@ class DecodeInstance(Instance):
         request, offset = entry
         tokens = tuple((offset + o.index, o.token_id, o.time_s) for o in outs if isinstance(o, TokenOutput))
         done = next((o for o in outs if isinstance(o, FinishedOutput)), None)
-        imported = self.worker.call(lambda s: key in s.imported)
+        imported = self.worker.call(lambda s: "kv" if key in s.imported else "failed" if key in s.failed
+                                    else "reprefill")
         if done is None:
             return DecodeBatch(tokens, None, request.busy_s, imported)
         self._release(key)
@@ -90,4 +96,4 @@ class DecodeInstance(Instance):
     def _release(self, key: str) -> None:
         self._requests.pop(key, None)
         self._forget(key)
-        self.worker.call(lambda s: (s.imported.discard(key), s.pending.pop(key, None)))
+        self.worker.call(lambda s: (s.imported.discard(key), s.failed.discard(key), s.pending.pop(key, None)))

@@ -154,7 +154,7 @@ class RequestFlow:
         while not self.ended:
             batch = await gw.handles[name].call("poll", self.wire_key, 1.0)
             if first and (batch.tokens or batch.reason):
-                gw.metrics_cluster.kv.labels(self.group, "kv" if batch.kv_imported else "reprefill").inc()
+                gw.metrics_cluster.kv.labels(self.group, batch.kv_path).inc()
                 first = False
             for index, token_id, time_s in batch.tokens:
                 if index == len(self.sent):

@@ -17,7 +17,7 @@ from pdlink.cloud.scheduler import Scheduler, SchedulerConfig
 log = logging.getLogger(__name__)
 
 Exporter = Callable[[Backend, int], Any]  # (backend, seq_id) -> KV as the transfer layer carries it
-Importer = Callable[[Backend, Any], tuple[int, int]]  # (backend, kv) -> (seq_id, tokens it holds)
+Importer = Callable[[Backend, Any], tuple[int, tuple[int, ...]]]  # (backend, kv) -> (seq_id, token ids it holds)
 
 
 class PrefillScheduler(Scheduler):
@@ -55,6 +55,7 @@ class DecodeScheduler(Scheduler):
         self.importer = importer
         self.pending: dict[Hashable, Any] = {}  # key -> KV to import before its first step
         self.imported: set[Hashable] = set()
+        self.failed: set[Hashable] = set()  # keys whose KV could not be imported (they re-prefill)
 
     def schedule(self):
         for key, kv in list(self.pending.items()):
@@ -70,13 +71,17 @@ class DecodeScheduler(Scheduler):
 
     def _adopt(self, req: Request, kv: Any) -> None:
         try:
-            seq_id, held = self.importer(self.backend, kv)
+            seq_id, held_ids = self.importer(self.backend, kv)
         except Exception as exc:
             log.warning("KV import of %r failed (%s): re-prefilling", req.key, exc)
+            self.failed.add(req.key)
             return
-        if not 0 < held < req.num_prompt_tokens:
+        held = len(held_ids)
+        if not 0 < held < req.num_prompt_tokens or tuple(held_ids) != req.prompt_token_ids[:held]:
             self.backend.free_sequence(seq_id)
-            log.warning("KV of %r holds %d of %d tokens: re-prefilling", req.key, held, req.num_prompt_tokens)
+            log.warning("KV of %r holds %d tokens that do not start its %d: re-prefilling", req.key, held,
+                        req.num_prompt_tokens)
+            self.failed.add(req.key)
             return
         req.seq_id, req.num_computed_tokens = seq_id, held
         req._move(RequestStatus.PREFILLING)

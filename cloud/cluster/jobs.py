@@ -55,4 +55,4 @@ class DecodeBatch:
     tokens: tuple[tuple[int, int, float], ...]
     reason: str | None = None
     busy_s: float = 0.0
-    kv_imported: bool = False
+    kv_path: str = "reprefill"  # kv (imported), failed (a KV came and could not be used: re-prefilled), reprefill

@@ -16,7 +16,7 @@ from pdlink.cloud.backend import Backend
 from pdlink.cloud.cluster.instance import Instance
 from pdlink.cloud.cluster.instance_scheduler import PrefillScheduler
 from pdlink.cloud.cluster.jobs import PrefillJob, PrefillResult
-from pdlink.cloud.cluster.kv_link import kv_exporter
+from pdlink.cloud.cluster.kv_link import kv_exporter, ship
 from pdlink.cloud.cluster.instance_spec import InstanceSpec
 from pdlink.cloud.outputs import FinishedOutput, TokenOutput
 from pdlink.cloud.request import Request
@@ -69,7 +69,7 @@ class PrefillInstance(Instance):
             if token is None:
                 raise RuntimeError(f"prefill of {key!r} ended without a token ({reason})")
             return PrefillResult(key, token.token_id, token.time_s, reason if reason != "max_leading_tokens" else None,
-                                 out.busy_s, kv, error)
+                                 out.busy_s, ship(kv), error)
         finally:
             self._release(key)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
+import numpy as np
 import pytest
 from websockets.asyncio.client import connect
 
@@ -15,6 +16,7 @@ from pdlink.cloud.cluster.gateway import Gateway
 from pdlink.cloud.cluster.prefill_instance import PrefillInstance
 from pdlink.cloud.cluster.runtime import Runtime
 from pdlink.cloud.config import CloudConfig
+from pdlink.cloud.kv.snapshot import KVSnapshot
 from pdlink.common.protocol import (
     PROTOCOL_VERSION, Accepted, Done, Hello, PrefillRequest, Rejected, Stop, Token, Welcome, decode_server, encode,
 )
@@ -41,11 +43,34 @@ class PausableBackend(FakeBackend):
         return super().decode(seq_ids, token_ids)
 
 
+class KVBackend(PausableBackend):
+    """Exports and imports KV as ``cloud/kv`` snapshots (the fake model's "KV" is its token list);
+    ``corrupt`` damages every exported payload after its checksum was taken."""
+
+    supports_kv_transfer = True
+    corrupt = False
+
+    def export_kv(self, seq_id):
+        tokens = self.seqs[seq_id]
+        data = np.asarray(tokens, dtype=np.float32).reshape(1, 1, len(tokens), 1, 1).repeat(2, axis=1)
+        snapshot = KVSnapshot.build(model_id="fake", token_ids=tokens, data=data, page_size=16)
+        if self.corrupt:
+            snapshot.data.reshape(-1)[0] += 1.0
+        return snapshot
+
+    def import_kv(self, snapshot):
+        seq_id = self.add_sequence()
+        self.seqs[seq_id] = list(snapshot.header.token_ids)
+        self.imported = getattr(self, "imported", 0) + 1
+        return seq_id
+
+
 class Rig:
     """A gateway on a free port over ``prefill`` + ``decode`` in-process instances with their own backends."""
 
-    def __init__(self, prefill=2, decode=2, slots=2, budget_s=5.0, **cluster):
+    def __init__(self, prefill=2, decode=2, slots=2, budget_s=5.0, backend=PausableBackend, **cluster):
         self.backends: dict[str, PausableBackend] = {}
+        self.backend_cls = backend
         self.cluster = ClusterConfig(cluster="inproc", prefill=prefill, decode=decode, prefill_slots=slots,
                                      decode_slots=8, **cluster)
         self.cfg = CloudConfig(model="fake", model_id="fake", port=0, warm_up=False, ttft_budget_s=budget_s,
@@ -53,7 +78,7 @@ class Rig:
         self.gateway = Gateway(self.cfg, self.cluster, Runtime(self.cluster, self._make), tokenizer=FakeTokenizer())
 
     def _make(self, spec):
-        backend = self.backends[spec.name] = PausableBackend()
+        backend = self.backends[spec.name] = self.backend_cls()
         return (PrefillInstance if spec.role == "prefill" else DecodeInstance)(spec, backend=backend)
 
     async def __aenter__(self):
@@ -229,6 +254,30 @@ def test_stop_ends_the_stream_at_its_index_and_frees_every_instance():
             assert health["kv_sequences"] == 0 and health["requests_in_flight"] == 0
 
     run(go())
+
+
+@pytest.mark.parametrize("corrupt, path", [(False, "kv"), (True, "failed")])
+def test_the_prompt_kv_moves_to_the_decode_instance_and_a_bad_one_is_re_prefilled(corrupt, path):
+    KVBackend.corrupt = corrupt
+
+    async def go():
+        async with Rig(prefill=1, decode=1, backend=KVBackend) as rig:
+            ws = await rig.client()
+            for i in range(3):
+                assert isinstance(await ws.ask(f"k{i}", prompt(i), 7), Accepted)
+            for i in range(3):
+                tokens, done = await ws.stream(f"k{i}")
+                assert [t.token_id for t in tokens] == continuation(prompt(i), 7)
+            text = rig.gateway.metrics.render().decode()
+            assert f'pdlink_cluster_kv_handoffs_total{{group="default",path="{path}"}} 3.0' in text
+            decoder = rig.backends["default-decode-0"]
+            assert getattr(decoder, "imported", 0) == (0 if corrupt else 3)
+            await ws.close()
+
+    try:
+        run(go())
+    finally:
+        KVBackend.corrupt = False
 
 
 @pytest.mark.parametrize("field, value, word", [
