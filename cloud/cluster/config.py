@@ -32,7 +32,7 @@ class ClusterConfig:
     instance_cpus: float = 0.5  # Ray CPUs each instance actor reserves (fractional on a small box)
     ray_cpus: int = 0  # CPUs a local Ray runtime announces (0 = this machine's)
     report_interval_s: float = 0.1  # queue reports (queue_report routing only)
-    retry_s: float = 0.02  # pause between two rounds of offers when every prefill instance said busy
+    retry_s: float = 0.05  # pause between two rounds of offers when every prefill instance said busy
     transfer_kv: bool = True  # False: decode instances always re-prefill (the benchmark's peer)
 
     def __post_init__(self):

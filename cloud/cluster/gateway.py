@@ -161,6 +161,7 @@ class Gateway:
         if self.pools.by_name[name].alive:
             log.warning("instance %s is gone; its requests move to the others", name)
         self.pools.died(name)
+        self.instance_stats.pop(name, None)  # its last report is history
         state = self.pools.by_name[name]
         self.metrics_cluster.alive.labels(state.group, name, state.role).set(0)
 
@@ -189,7 +190,7 @@ class Gateway:
         names = [n for n, s in self.pools.by_name.items() if s.alive]
         answers = await asyncio.gather(*(self.handles[n].call("stats") for n in names), return_exceptions=True)
         for name, answer in zip(names, answers):
-            if isinstance(answer, dict):
+            if isinstance(answer, dict) and self.pools.by_name[name].alive:
                 self.instance_stats[name] = answer
                 self.pools.report(name, answer["open"], now)
             elif isinstance(answer, Exception):
@@ -204,10 +205,10 @@ class Gateway:
                 "backend": self.backend.info.get("backend"), "connections": len(self._connections),
                 "requests_in_flight": stats.requests_live, "queue_depth": stats.queued, "decoding": stats.decoding,
                 "kv_sequences": stats.kv_sequences, "busy_s": round(stats.busy_s, 3), "router": self.cluster.router,
-                "instances": {n: {"alive": alive[n], "group": self.pools.by_name[n].group,
-                                  "role": self.pools.by_name[n].role, "open": self.pools.by_name[n].open,
-                                  "pid": self.runtime.describe.get(n, {}).get("pid"),
-                                  **self.instance_stats.get(n, {})} for n in self.pools.by_name}}
+                "instances": {n: {**self.instance_stats.get(n, {}), "alive": alive[n],
+                                  "group": self.pools.by_name[n].group, "role": self.pools.by_name[n].role,
+                                  "open": self.pools.by_name[n].open,  # the gateway's own count
+                                  "pid": self.runtime.describe.get(n, {}).get("pid")} for n in self.pools.by_name}}
 
     async def _http(self, ws: WebSocket, request):
         path = request.path.split("?", 1)[0]

@@ -38,7 +38,7 @@ def server(tmp_path_factory):
         "--instance-threads", "1", "--instance-cpus", "0.25", "--prefill-slots", "4", "--decode-slots", "16",
         "--auth-token-file", str(folder / "token"), "--max-prompt-tokens", str(MAX_PROMPT),
         "--max-leading-tokens", str(MAX_K), "--max-concurrent-requests", str(MAX_LIVE),
-        "--max-requests-per-connection", str(PER_CONN), "--max-message-bytes", str(MAX_BYTES), "--ttft-budget-s", "20",
+        "--max-requests-per-connection", str(PER_CONN), "--max-message-bytes", str(MAX_BYTES), "--ttft-budget-s", "8",
         "--step-token-budget", "256", "--prefill-chunk-tokens", "128", "--handshake-timeout-s", "3",
         log_path=folder / "gateway.log")
     proc.token_file = folder / "token"

@@ -167,6 +167,23 @@ def test_concurrent_devices_get_the_single_server_tokens_through_prefill_and_dec
     run(go())
 
 
+def test_the_queue_report_baseline_queues_on_the_instances_and_serves_every_request():
+    async def go():
+        async with Rig(prefill=2, decode=1, slots=1, router="queue_report", baseline_queue=8,
+                       report_interval_s=0.05) as rig:
+            ws = await rig.client()
+            for i in range(6):  # more than the slots: the instances queue them, nothing is rejected
+                assert isinstance(await ws.ask(f"q{i}", prompt(i), 3), Accepted)
+            for i in range(6):
+                tokens, done = await ws.stream(f"q{i}")
+                assert [t.token_id for t in tokens] == continuation(prompt(i), 3)
+            assert rig.gateway.health()["router"] == "queue_report"
+            assert [s.max_queue for s in rig.gateway.specs if s.role == "prefill"] == [8, 8]
+            await ws.close()
+
+    run(go())
+
+
 def test_busy_instances_reject_and_an_exhausted_budget_answers_rejected():
     async def go():
         async with Rig(prefill=2, decode=1, slots=1, budget_s=0.3) as rig:
