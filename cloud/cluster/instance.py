@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from abc import ABC, abstractmethod
 from typing import Any, Hashable
 
 from pdlink.cloud.backend import Backend, load_backend
@@ -22,7 +23,7 @@ from pdlink.cloud.worker import ModelWorker
 log = logging.getLogger(__name__)
 
 
-class Instance:
+class Instance(ABC):
     """Base of :class:`PrefillInstance` and :class:`DecodeInstance`; ``backend`` may be given (tests)."""
 
     def __init__(self, spec: InstanceSpec, backend: Backend | None = None):
@@ -38,8 +39,9 @@ class Instance:
         self._started = False
         self._closed = False
 
+    @abstractmethod
     def _make_scheduler(self) -> Scheduler:
-        raise NotImplementedError
+        """The scheduler subclass of this role (``cloud/cluster/instance_scheduler.py``)."""
 
     async def boot(self) -> dict:
         """Bind to the running event loop, warm up and start the model worker; returns ``describe()``."""

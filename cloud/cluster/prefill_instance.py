@@ -8,7 +8,6 @@ only) the instance also queues that many requests, as a classic instance would.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 

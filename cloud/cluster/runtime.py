@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 from typing import Callable
 
 from pdlink.cloud.cluster.config import ClusterConfig
@@ -57,11 +58,15 @@ class Runtime:
         import ray
 
         env = {"env_vars": {**_ENV, **{k: v for k, v in os.environ.items() if k.startswith("PDLINK_")}}}
+        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         if self.cfg.cluster == "local":
             ray.init(num_cpus=self.cfg.ray_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
                      runtime_env=env, configure_logging=False)
         else:
             ray.init(address=self.cfg.cluster, runtime_env=env, log_to_driver=False)
+        for sig, handler in handlers.items():  # Ray's own SIGTERM handler would exit mid-step: keep the server's
+            if handler is not None:
+                signal.signal(sig, handler)
         self._ray = True
         log.info("Ray: %s", ray.cluster_resources())
 
