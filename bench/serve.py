@@ -9,7 +9,7 @@ Two parts, one ``serve.json`` (+ ``serve.png``):
   the run), TTFT p50/p99 and TTFT-SLO attainment (first token within ``ttft_slo_s``; a rejected request
   misses it: its device falls back to local prefill).
 * **KV transfer**: contiguous vs block layouts for 128-4096-token sequences of SmolLM2's KV through
-  ``cloud/kv``'s transport (ZeroMQ over TCP on loopback), best of 3 each.
+  ``cloud/kv``'s transports (``bench/kv_transfer.py``; ``kv_transfer.json`` is written beside).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ class ServeBenchConfig:
     cluster: str = "local"  # local (a Ray runtime here), ray://HOST:PORT, or inproc
     instance_threads: int = 1
     kv_lengths: tuple[int, ...] = (128, 512, 1024, 2048, 4096)
+    kv_transports: tuple[str, ...] = ("shm", "tcp")  # add mooncake where its engine is installed
     seed: int = 0
     model: str = DEFAULT_MODEL
     traces_dir: str | None = None
@@ -59,6 +60,8 @@ class ServeBenchConfig:
             raise ValueError("--prefill, --decode and --prefill-slots must be >= 1")
         if not self.kv_lengths or min(self.kv_lengths) < 1:
             raise ValueError("--kv-lengths must be >= 1 tokens each")
+        if not self.kv_transports or set(self.kv_transports) - {"shm", "tcp", "mooncake"}:
+            raise ValueError("--kv-transports takes shm, tcp and/or mooncake")
 
     def workload(self) -> CloudBenchConfig:
         return CloudBenchConfig(trace=self.trace, num_requests=self.num_requests, prompt_scale=self.prompt_scale,
@@ -135,41 +138,12 @@ def _metric_sum(text: str, name: str, label: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name) and label in line)
 
 
-SMOLLM2_KV = (30, 3, 64)  # layers, kv heads, head dim of SmolLM2-135M
+def kv_transfer_section(cfg: ServeBenchConfig, out: Path) -> dict:
+    """Contiguous vs block transfer time per length from ``cloud/kv``'s benchmark (``bench/kv_transfer.py``:
+    receiver in another process, medians of 3), which also writes ``kv_transfer.json``/``.png`` beside."""
+    from pdlink.bench.kv_transfer import KVBenchConfig, run_kv_transfer_bench
 
-
-def measure_kv_transfer(tokens: int, layout: str, transport: str = "tcp", repeats: int = 3) -> float:
-    """Seconds to move one ``tokens``-token SmolLM2 KV (float32) through ``cloud/kv``'s ``transport`` in
-    ``layout`` (contiguous: one buffer; block: page by page, each confirmed), best of ``repeats``, checksum
-    checked on arrival."""
-    from pdlink.cloud.kv import KVSnapshot, open_receiver, open_sender
-
-    layers, heads, dim = SMOLLM2_KV
-    data = np.random.default_rng(tokens).standard_normal((layers, 2, tokens, heads, dim), dtype=np.float32)
-    snapshot = KVSnapshot.build(model_id="smollm2-135m", token_ids=range(tokens), data=data, page_size=16)
-    best = float("inf")
-    with open_receiver(transport) as receiver:
-        sender = open_sender(transport)
-        try:
-            for i in range(repeats):
-                start = time.perf_counter()
-                transfer = sender.send(receiver.address, f"{layout}-{tokens}-{i}", snapshot, layout, timeout=60)
-                got = receiver.wait(f"{layout}-{tokens}-{i}", timeout=60)
-                transfer.wait(timeout=60)
-                best = min(best, time.perf_counter() - start)
-                assert got.header.checksum == snapshot.header.checksum
-        finally:
-            sender.close()
-    return best
-
-
-def kv_transfer_section(cfg: ServeBenchConfig, transport: str = "tcp") -> dict:
-    """Contiguous vs block transfer time per sequence length, and their ratio (the paper: block-free -46%)."""
-    rows = {layout: [{"tokens": n, "seconds": measure_kv_transfer(n, layout, transport)} for n in cfg.kv_lengths]
-            for layout in ("contiguous", "block")}
-    ratios = [b["seconds"] / c["seconds"] for c, b in zip(rows["contiguous"], rows["block"])]
-    return {**rows, "transport": transport, "page_tokens": 16, "kv_shape": "30 layers x 2 x tokens x 3 x 64 float32",
-            "block_vs_contiguous": float(np.median(ratios)), "block_vs_contiguous_per_length": ratios}
+    return run_kv_transfer_bench(out, KVBenchConfig(lengths=cfg.kv_lengths, transports=cfg.kv_transports))
 
 
 def run_serve_bench(output_dir: str | Path, cfg: ServeBenchConfig | None = None) -> dict:
@@ -187,7 +161,7 @@ def run_serve_bench(output_dir: str | Path, cfg: ServeBenchConfig | None = None)
     arrivals = [float(a) for a in np.cumsum(gaps) - gaps[0]]
     report = {"config": asdict(cfg), "machine": machine_info(cfg.instance_threads),
               "prompt_tokens": {"mean": float(np.mean([len(p) for p in prompts])), "max": max(map(len, prompts))},
-              "kv_transfer": kv_transfer_section(cfg), "routing": {}}
+              "kv_transfer": kv_transfer_section(cfg, out), "routing": {}}
     for router in ROUTERS:
         phase = run_routing_phase(cfg, router, prompts, arrivals, out / f"serve_{router}.log")
         report["routing"][router] = phase
@@ -197,7 +171,8 @@ def run_serve_bench(output_dir: str | Path, cfg: ServeBenchConfig | None = None)
     report["summary"] = {
         "throughput_on_demand_vs_queue_report": _ratio(on["throughput_rps"], base["throughput_rps"]),
         "slo_attainment_on_demand_minus_queue_report": _diff(on["slo_attainment"], base["slo_attainment"]),
-        "kv_block_vs_contiguous_time": report["kv_transfer"].get("block_vs_contiguous"),
+        "kv_contiguous_vs_block_mean_change_pct": {t: v["mean_change_pct"]
+                                                   for t, v in report["kv_transfer"]["summary"].items()},
     }
     report["notes"] = ("Every instance, the gateway and the load generator share this machine; compare the two "
                        "routers within one run only. SLO attainment counts a rejected request as a miss.")
@@ -226,11 +201,14 @@ def plot_serve_bench(report: dict, path: Path) -> None:
     axes[0].set(title="throughput (completed req/s)", ylabel="req/s")
     axes[1].bar(names, [routing[n]["slo_attainment"] or 0 for n in names], color="tab:green")
     axes[1].set(title=f"TTFT SLO attainment (<= {report['config']['ttft_slo_s']:g} s)", ylim=(0, 1))
-    kv = report["kv_transfer"]
-    for layout in ("contiguous", "block"):
-        rows = kv.get(layout, [])
-        axes[2].plot([r["tokens"] for r in rows], [r["seconds"] * 1e3 for r in rows], "o-", label=layout)
-    axes[2].set(title="KV transfer time", xlabel="sequence tokens", ylabel="ms", xscale="log")
+    for transport in report["config"]["kv_transports"]:
+        for layout in ("contiguous", "block"):
+            rows = sorted((r for r in report["kv_transfer"]["results"]
+                           if r["transport"] == transport and r["layout"] == layout), key=lambda r: r["tokens"])
+            axes[2].plot([r["tokens"] for r in rows], [r["seconds_median"] * 1e3 for r in rows], "o-",
+                         label=f"{transport} {layout}")
+    axes[2].set(title="KV transfer time (median of 3)", xlabel="sequence tokens", ylabel="ms", xscale="log",
+                yscale="log")
     axes[2].legend()
     fig.suptitle(f"P/D-Serve on one machine: {report['config']['trace']} load, "
                  f"{report['config']['prefill']}P+{report['config']['decode']}D, {report['machine'].get('cpu', '')}",

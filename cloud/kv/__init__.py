@@ -22,6 +22,10 @@ How to use it::
     except (TransferError, TimeoutError):
         ...                                                      # re-prefill snap's prompt instead
 
+``pdlink.cloud.kv.landing.land_sequence(backend, receiver, transfer_id, token_ids, timeout=...)`` does the
+decode side's part in one call: import when the transfer arrives intact for those tokens, else re-prefill
+them (its ``Landing.source`` says which, ``error`` why).
+
 The snapshot covers ``snapshot.header.token_ids`` (the tokens whose KV it holds); the next token to feed
 (the prefill's first sampled token) travels with the caller's own request message. Both sides of a
 transfer must run the same model (``model_id``, layers, kv heads, head dim and dtype are checked on

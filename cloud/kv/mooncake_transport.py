@@ -9,6 +9,7 @@ wheel links it even for TCP).
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -24,6 +25,7 @@ def mooncake_engine(host: str):
     """This process's Mooncake engine on ``host`` (one per host name, made on first use)."""
     with _LOCK:
         if host not in _ENGINES:
+            os.environ.setdefault("GLOG_minloglevel", "2")  # Mooncake logs every connection at INFO
             try:
                 from mooncake.engine import TransferEngine
             except ImportError as exc:

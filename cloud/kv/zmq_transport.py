@@ -8,6 +8,7 @@ memory (:mod:`pdlink.cloud.kv.shm_transport`) or through Mooncake's transfer eng
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import threading
@@ -21,6 +22,7 @@ from pdlink.cloud.kv.snapshot import KVSnapshot
 from pdlink.cloud.kv.transfer import KVReceiver, KVSender, Layout, Transfer, TransferError, TransferStatus
 
 POLL_MS = 100
+log = logging.getLogger(__name__)
 
 
 class InlinePlane:
@@ -85,7 +87,12 @@ class ZmqReceiver(KVReceiver):
         except msgspec.DecodeError as exc:
             return Reply(ok=False, error=f"bad control message: {exc}")
         payload = memoryview(frames[1].buffer).cast("B") if len(frames) > 1 else None
-        return self.core.handle(msg, payload)
+        try:
+            return self.core.handle(msg, payload)
+        except Exception as exc:  # noqa: BLE001  (the serving thread must live: fail this transfer only)
+            log.exception("KV receiver: transfer %s failed", msg.transfer_id)
+            self.core.discard(msg.transfer_id)
+            return Reply(ok=False, error=f"receiver error: {exc!r}")
 
     def status(self, transfer_id: str) -> TransferStatus:
         return self.core.status(transfer_id)
@@ -148,6 +155,9 @@ class ZmqSender(KVSender):
             cell.finish(f"no answer from {address} within {timeout} s")
         except (TransferError, zmq.ZMQError, msgspec.DecodeError, OSError, ValueError) as exc:
             cell.finish(str(exc) or type(exc).__name__)
+        except Exception as exc:  # noqa: BLE001  (a thread boundary: the caller learns it from the status)
+            log.exception("KV sender: transfer %s failed", transfer_id)
+            cell.finish(f"sender error: {exc!r}")
         finally:
             sock.close(linger=0)
 

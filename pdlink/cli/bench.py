@@ -1,4 +1,4 @@
-"""``pdlink bench engine|session|cloud|serve|trace|trace-sweep``: the benchmarks, each writing JSON and a plot."""
+"""``pdlink bench engine|session|cloud|serve|trace|trace-sweep|kv``: the benchmarks, each writing JSON and a plot."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ TRACE = ("trace", "traces_dir", "devices", "mode", "device_profile", "cloud_prof
          "max_output_tokens", "min_prompt_tokens", "max_prompt_tokens", "rate_scale", "ttft_slo_s", "settings_version",
          "poisson", "max_gap_ms", "net_rtt_ms", "cloud_threads", "device_threads", "package", "seed")
 SERVE = ("trace", "num_requests", "prompt_scale", "max_prompt_tokens", "leading_tokens", "rate_rps", "ttft_slo_s",
-         "prefill", "decode", "prefill_slots", "cluster", "instance_threads", "kv_lengths", "seed", "traces_dir")
+         "prefill", "decode", "prefill_slots", "cluster", "instance_threads", "kv_lengths", "kv_transports", "seed",
+         "traces_dir")
 SWEEP = tuple(n for n in TRACE if n not in ("devices", "mode", "cloud_profile", "simulate", "rate_scale", "poisson"))  # closed loop
 
 
@@ -90,6 +91,7 @@ def add_arguments(p) -> None:
     w.add_argument("--device-counts", nargs="+", type=int, default=[1, 2, 4], help="devices per point")
     w.add_argument("--modes", nargs="+", default=["cloud", "pd"], choices=["cloud", "pd"])
     w.set_defaults(bench_func=_trace_sweep)
+    _add_kv(which)
 
 
 def run(args) -> int:
@@ -178,4 +180,26 @@ def _trace_sweep(args) -> int:
     keys = ("device_counts", "saturation_devices", "throughput_gain_pd_vs_cloud")
     print(json.dumps({k: sweep.get(k) for k in keys}, indent=2))
     print(f"wrote {Path(args.output) / 'trace-sweep.json'} and trace-throughput.png")
+    return 0
+
+
+def _add_kv(which) -> None:
+    from pdlink.bench.kv_transfer import KVBenchConfig
+    from pdlink.cloud.kv.transfer import TRANSPORTS
+
+    k = which.add_parser("kv", help="KV transfer time, contiguous vs block layout, per transport "
+                                    "(the real model's KV shape; the receiver in another process)")
+    k.add_argument("--output", default="bench/results")
+    add_flags(k, KVBenchConfig, ("lengths", "repeats", "page_size"), helps={"lengths": "sequence lengths in tokens"})
+    k.add_argument("--transports", nargs="+", choices=TRANSPORTS, default=list(KVBenchConfig.transports))
+    k.set_defaults(bench_func=_kv)
+
+
+def _kv(args) -> int:
+    from pdlink.bench.kv_transfer import KVBenchConfig, run_kv_transfer_bench
+
+    cfg = KVBenchConfig(transports=tuple(args.transports), **flag_values(args, ("lengths", "repeats", "page_size")))
+    report = run_kv_transfer_bench(args.output, cfg)
+    print(json.dumps(report["summary"], indent=2))
+    print(f"wrote {Path(args.output) / 'kv_transfer.json'} and kv_transfer.png")
     return 0

@@ -34,12 +34,12 @@ def _flag_type(annotation) -> tuple[type, type | None]:
     """(kind, element type): int / float / str / bool out of ``int``, ``int | None``..., or (tuple, element)
     for ``tuple[int, ...]``."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    tup = next((a for a in (annotation, *args) if typing.get_origin(a) is tuple), None)
+    if tup is not None:  # before the scalars: tuple[int, ...]'s own args hold int
+        return tuple, typing.get_args(tup)[0]
     for candidate in (bool, int, float, str):
         if candidate in args:
             return candidate, None
-    tup = next((a for a in (annotation, *args) if typing.get_origin(a) is tuple), None)
-    if tup is not None:
-        return tuple, typing.get_args(tup)[0]
     raise TypeError(f"no flag for a field of type {annotation!r}")
 
 
