@@ -60,8 +60,9 @@ class Runtime:
         env = {"env_vars": {**_ENV, **{k: v for k, v in os.environ.items() if k.startswith("PDLINK_")}}}
         handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         if self.cfg.cluster == "local":
-            ray.init(num_cpus=self.cfg.ray_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                     runtime_env=env, configure_logging=False)
+            # address="local": always a runtime of our own, even where a `ray start` left its address behind
+            ray.init(address="local", num_cpus=self.cfg.ray_cpus or os.cpu_count(), include_dashboard=False,
+                     log_to_driver=False, runtime_env=env, configure_logging=False)
         else:
             ray.init(address=self.cfg.cluster, runtime_env=env, log_to_driver=False)
         for sig, handler in handlers.items():  # Ray's own SIGTERM handler would exit mid-step: keep the server's
