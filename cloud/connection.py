@@ -159,11 +159,14 @@ class Connection:
             return self._reject(rid, "prompt_too_long", f"{len(ids)} prompt tokens > limit {cfg.max_prompt_tokens}")
         request = Request((self.id, rid), ids, msg.max_leading_tokens, msg.sampling, sorted(stop_ids), arrival_s=time.perf_counter(), refine=_refine_spec(msg))
         try:
-            verdict = server.worker.admit(request)
+            verdict = await server.admit(request)
         except ValueError as exc:
             return self._reject(rid, "invalid_request", str(exc))
         if not verdict.accepted:
             return self._reject(rid, "overloaded", verdict.message, verdict.retry_after_s)
+        if self.protocol.state is ConnectionState.CLOSED:  # gone while a cluster placed the request
+            server.worker.cancel(request, disconnected=True)
+            return
         self.streams[rid] = _Stream(request, StreamingDetokenizer(tok), request.arrival_s, msg.max_leading_tokens,
                                     frozenset(stop_ids))
         self.protocol.accept(rid, queue_position=verdict.queue_position,

@@ -18,11 +18,13 @@ from typing import Callable
 
 from websockets.asyncio.server import ServerConnection as WebSocket, serve
 
+from pdlink.cloud.admission import Admission
 from pdlink.cloud.backend import Backend, load_backend
 from pdlink.cloud.config import CloudConfig
 from pdlink.cloud.connection import Connection
 from pdlink.cloud.metrics import CONTENT_TYPE, CloudMetrics
 from pdlink.cloud.outputs import Output
+from pdlink.cloud.request import Request
 from pdlink.cloud.scheduler import Scheduler
 from pdlink.cloud.worker import ModelWorker
 from pdlink.common.protocol import PROTOCOL_VERSION, ServerConnection
@@ -88,6 +90,10 @@ class CloudServer:
         """Stop accepting and close every connection (safe from any thread)."""
         if self._loop and self._shutdown:
             self._loop.call_soon_threadsafe(self._shutdown.set)
+
+    async def admit(self, request: Request) -> Admission:
+        """Admit or refuse a new request (the connection's one way in; a cluster gateway places it instead)."""
+        return self.worker.admit(request)
 
     # ------------------------------------------------------------------ HTTP on the same port
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable, Hashable
+from typing import Callable, Hashable, TypeVar
 
 from pdlink.cloud.admission import Admission
 from pdlink.cloud.outputs import Output
@@ -19,6 +19,7 @@ from pdlink.cloud.request import Request
 from pdlink.cloud.scheduler import Scheduler, SchedulerStats
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class ModelWorker:
@@ -83,6 +84,13 @@ class ModelWorker:
                 self._scheduler.cancel(request.key, disconnected)
             self._wake.notify()  # wakes an idle worker so the sequence is freed now, not at the next request
             return request.busy_s
+
+    def call(self, fn: Callable[[Scheduler], T]) -> T:
+        """``fn(scheduler)`` under the lock (bookkeeping a scheduler subclass keeps beside its requests)."""
+        with self._wake:
+            result = fn(self._scheduler)
+            self._wake.notify()
+            return result
 
     def stats(self) -> SchedulerStats:
         """A consistent snapshot for /healthz and /metrics."""

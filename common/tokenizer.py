@@ -22,6 +22,10 @@ class Tokenizer:
         env.globals["raise_exception"] = _raise_template_error
         self._template = env.from_string(info["chat_template"])
 
+    def to_json(self) -> str:
+        """The tokenizer file's content (another process rebuilds the same tokenizer from it)."""
+        return self._tok.to_str()
+
     @property
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size()

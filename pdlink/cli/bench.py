@@ -1,4 +1,4 @@
-"""``pdlink bench engine|session|cloud|trace|trace-sweep|kv``: the benchmarks, each writing JSON and a plot."""
+"""``pdlink bench engine|session|cloud|serve|trace|trace-sweep|kv``: the benchmarks, each writing JSON and a plot."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ CLOUD = ("trace", "num_requests", "threads", "traces_dir")
 TRACE = ("trace", "traces_dir", "devices", "mode", "device_profile", "cloud_profile", "simulate", "max_requests",
          "max_output_tokens", "min_prompt_tokens", "max_prompt_tokens", "rate_scale", "ttft_slo_s", "settings_version",
          "poisson", "max_gap_ms", "net_rtt_ms", "cloud_threads", "device_threads", "package", "seed")
+SERVE = ("trace", "num_requests", "prompt_scale", "max_prompt_tokens", "leading_tokens", "rate_rps", "ttft_slo_s",
+         "prefill", "decode", "prefill_slots", "cluster", "instance_threads", "kv_lengths", "kv_transports", "seed",
+         "traces_dir")
 SWEEP = tuple(n for n in TRACE if n not in ("devices", "mode", "cloud_profile", "simulate", "rate_scale", "poisson"))  # closed loop
 
 
@@ -61,6 +64,15 @@ def add_arguments(p) -> None:
                                                  "traces_dir": "folder of the named traces (else $PDLINK_TRACES_DIR, "
                                                                "else ../shared/traces)"})
     c.set_defaults(bench_func=_cloud)
+    sv = which.add_parser("serve", help="the disaggregated cloud: KV transfer contiguous vs block, and a real small "
+                                        "cluster under a Mooncake-trace load, on-demand forwarding vs queue reports")
+    sv.add_argument("--output", default="bench/results")
+    from pdlink.bench.serve import ServeBenchConfig
+
+    add_flags(sv, ServeBenchConfig, SERVE, helps={
+        "cluster": "local (a Ray runtime here), ray://HOST:PORT or inproc",
+        "kv_lengths": "sequence lengths (tokens) of the KV transfer comparison"})
+    sv.set_defaults(bench_func=_serve)
     st = which.add_parser("settings", help="settings v2 against an exhaustive grid search and v1 on a trace's "
                                            "requests: agreement, decision time, cloud seconds")
     st.add_argument("--output", default="bench/results")
@@ -142,6 +154,15 @@ def _cloud(args) -> int:
     report = run_cloud_bench(args.output, CloudBenchConfig(**flag_values(args, CLOUD)))
     print(json.dumps(report.get("summary", {}), indent=2))
     print(f"wrote {Path(args.output) / 'cloud.json'} and cloud.png")
+    return 0
+
+
+def _serve(args) -> int:
+    from pdlink.bench.serve import ServeBenchConfig, run_serve_bench
+
+    report = run_serve_bench(args.output, ServeBenchConfig(**flag_values(args, SERVE)))
+    print(json.dumps(report["summary"], indent=2))
+    print(f"wrote {Path(args.output) / 'serve.json'} and serve.png")
     return 0
 
 

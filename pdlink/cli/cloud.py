@@ -10,6 +10,7 @@ import sys
 
 from pdlink.cli.errors import CLIError
 from pdlink.cli.flags import add_flags, flag_values
+from pdlink.cloud.cluster.config import ClusterConfig
 from pdlink.cloud.config import CloudConfig
 from pdlink.common.credentials import client_ssl_context, load_auth_token
 from pdlink.common.models import DEFAULT_MODEL
@@ -27,10 +28,26 @@ SERVE_HELP = {
 }
 
 
+CLUSTER_FLAGS = ("cluster", "prefill", "decode", "groups", "router", "prefill_slots", "decode_slots", "baseline_queue",
+                 "instance_threads", "instance_cpus", "ray_cpus", "report_interval_s", "retry_s")
+CLUSTER_HELP = {
+    "cluster": "serve through a gateway over prefill/decode instances: local (start Ray here), ray://HOST:PORT "
+               "(join a Ray cluster) or inproc (no Ray); unset = one server",
+    "prefill": "prefill instances per scenario group", "decode": "decode instances per scenario group",
+    "groups": "scenario group rule NAME:app=ID,prefix=HEX,min_tokens=N,max_tokens=N (repeatable; docs/cluster.md)",
+    "router": "on_demand (forwarding upon rejection) or queue_report (the baseline)",
+    "instance_cpus": "Ray CPUs reserved per instance (fractional is fine)",
+}
+
+
 def add_arguments(p) -> None:
     which = p.add_subparsers(dest="cloud_command", required=True)
     serve = which.add_parser("serve", help="serve the cloud prefill websocket (protocol v1)")
     add_flags(serve, CloudConfig, SERVE_FLAGS, helps=SERVE_HELP)
+    add_flags(serve, ClusterConfig, CLUSTER_FLAGS, helps=CLUSTER_HELP, defaults={"cluster": None},
+              rename={"groups": "group"})
+    serve.add_argument("--no-kv-transfer", action="store_true",
+                       help="cluster: decode instances re-prefill instead of importing the prefill's KV")
     serve.add_argument("--auth-token-file",
                        help="file holding the bearer token (else $PDLINK_AUTH_TOKEN; none = no auth)")
     serve.add_argument("--no-warm-up", action="store_true", help="skip the warm-up request before accepting")
@@ -66,7 +83,7 @@ def _serve(args) -> int:
     cfg = CloudConfig(**flag_values(args, SERVE_FLAGS), auth_token=load_auth_token(args.auth_token_file),
                       warm_up=not args.no_warm_up)
     try:
-        server = CloudServer(cfg)
+        server = _gateway(args, cfg) if args.cluster else CloudServer(cfg)
     except BackendError as exc:
         raise CLIError(str(exc)) from exc
 
@@ -78,6 +95,17 @@ def _serve(args) -> int:
 
     asyncio.run(serve())
     return 0
+
+
+def _gateway(args, cfg: CloudConfig):
+    """The disaggregated cloud behind one protocol v1 endpoint (``--cluster``)."""
+    from pdlink.cloud.cluster.gateway import Gateway
+
+    try:
+        cluster = ClusterConfig(**flag_values(args, CLUSTER_FLAGS), transfer_kv=not args.no_kv_transfer)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+    return Gateway(cfg, cluster)
 
 
 def _probe(args) -> int:

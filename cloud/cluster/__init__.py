@@ -1,0 +1,1 @@
+"""The disaggregated cloud (P/D-Serve): gateway, scenario groups, forwarding, prefill and decode instances."""
