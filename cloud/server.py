@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import ssl
 from typing import Callable
@@ -22,7 +21,8 @@ from pdlink.cloud.admission import Admission
 from pdlink.cloud.backend import Backend, load_backend
 from pdlink.cloud.config import CloudConfig
 from pdlink.cloud.connection import Connection
-from pdlink.cloud.metrics import CONTENT_TYPE, CloudMetrics
+from pdlink.cloud.http_endpoints import http_response
+from pdlink.cloud.metrics import CloudMetrics
 from pdlink.cloud.outputs import Output
 from pdlink.cloud.request import Request
 from pdlink.cloud.scheduler import Scheduler
@@ -108,22 +108,9 @@ class CloudServer:
                 "busy_s": round(stats.busy_s, 3)}
 
     def _http(self, ws: WebSocket, request):
-        path = request.path.split("?", 1)[0]
-        if path in ("/healthz", "/metrics"):
-            if path == "/healthz":
-                health = self.health()
-                status = 200 if health["status"] == "ok" else 503
-                response, kind = ws.respond(status, json.dumps(health) + "\n"), "application/json"
-            else:
-                response, kind = ws.respond(200, self.metrics.render().decode()), CONTENT_TYPE
-            del response.headers["Content-Type"]
-            response.headers["Content-Type"] = kind
-            return response
-        if "websocket" not in request.headers.get("Upgrade", "").lower():
-            return ws.respond(404, "pdlink cloud: websocket protocol v1 at /, GET /healthz, GET /metrics\n")
-        if len(self._connections) >= self.cfg.max_connections:
-            return ws.respond(503, f"too many connections (limit {self.cfg.max_connections})\n")
-        return None
+        return http_response(ws, request, health=self.health, metrics_text=self.metrics.render,
+                             num_connections=len(self._connections), max_connections=self.cfg.max_connections,
+                             banner="pdlink cloud")
 
     # ------------------------------------------------------------------ websocket connections
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import ssl
 import time
@@ -31,7 +30,8 @@ from pdlink.cloud.cluster.groups import RequestFeatures, classify, prefix_hash
 from pdlink.cloud.cluster.runtime import Runtime
 from pdlink.cloud.config import CloudConfig
 from pdlink.cloud.connection import Connection
-from pdlink.cloud.metrics import CONTENT_TYPE, CloudMetrics
+from pdlink.cloud.http_endpoints import http_response
+from pdlink.cloud.metrics import CloudMetrics
 from pdlink.cloud.outputs import Output
 from pdlink.cloud.request import Request
 from pdlink.cloud.scheduler import SchedulerStats
@@ -211,23 +211,11 @@ class Gateway:
                                   "pid": self.runtime.describe.get(n, {}).get("pid")} for n in self.pools.by_name}}
 
     async def _http(self, ws: WebSocket, request):
-        path = request.path.split("?", 1)[0]
-        if path in ("/healthz", "/metrics"):
+        if request.path.split("?", 1)[0] in ("/healthz", "/metrics"):
             await self._refresh_stats()
-            if path == "/healthz":
-                health = self.health()
-                response = ws.respond(200 if health["status"] == "ok" else 503, json.dumps(health) + "\n")
-                kind = "application/json"
-            else:
-                response, kind = ws.respond(200, self.metrics.render().decode()), CONTENT_TYPE
-            del response.headers["Content-Type"]
-            response.headers["Content-Type"] = kind
-            return response
-        if "websocket" not in request.headers.get("Upgrade", "").lower():
-            return ws.respond(404, "pdlink cloud gateway: websocket protocol v1 at /, GET /healthz, GET /metrics\n")
-        if len(self._connections) >= self.cfg.max_connections:
-            return ws.respond(503, f"too many connections (limit {self.cfg.max_connections})\n")
-        return None
+        return http_response(ws, request, health=self.health, metrics_text=self.metrics.render,
+                             num_connections=len(self._connections), max_connections=self.cfg.max_connections,
+                             banner="pdlink cloud gateway")
 
     async def _handle(self, ws: WebSocket) -> None:
         cfg, card = self.cfg, self.backend
