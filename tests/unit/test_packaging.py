@@ -19,6 +19,12 @@ def test_plain_wheel_holds_everything_under_pdlink(tmp_path):
                      "pdlink/bench/engine.py", "pdlink/android_bridge/native/pdlink_run.cc", "pdlink/traces/__init__.py",
                      "pdlink/assistant/app.py", "pdlink/assistant/static/index.html"):
         assert expected in names, expected
+    folders = {"pdlink": "pdlink", "common": "pdlink/common", "edge": "pdlink/edge", "cloud": "pdlink/cloud",
+               "compile": "pdlink/compile", "traces": "pdlink/traces", "bench": "pdlink/bench", "sim": "pdlink/sim",
+               "assistant": "pdlink/assistant", "android_bridge": "pdlink/android_bridge"}
+    for folder, mapped in folders.items():  # every package folder of the checkout ships (a new one needs pyproject)
+        for init in (ROOT / folder).rglob("__init__.py"):
+            assert f"{mapped}/{init.relative_to(ROOT / folder).as_posix()}" in names, init
     top_level = {n.split("/")[0] for n in names}
     assert top_level <= {"pdlink"} | {n for n in top_level if n.endswith(".dist-info")}
 
