@@ -441,10 +441,12 @@ def test_flood_beyond_the_limits_is_rejected_and_others_are_unaffected(server, r
         conns = [await Raw.open(server) for _ in range(7)]
         for i in range(PER_CONN + 1):  # one connection over its own limit, with short prompts
             await conns[0].send(prefill(f"f0-{i}", good_ids, MAX_K))
+        # Its verdicts first: a gateway places one connection's requests in turn, so another connection's flood
+        # sent at once could take the server-wide places before this connection's last ones.
+        answers = await verdicts(conns[0], PER_CONN + 1)
         for c, raw in enumerate(conns[1:], start=1):  # six more with long prompts: over the server's limits
             for i in range(PER_CONN):
                 await raw.send(prefill(f"f{c}-{i}", long_ids, 4))
-        answers = await verdicts(conns[0], PER_CONN + 1)
         for raw in conns[1:]:
             answers += await verdicts(raw, PER_CONN)
         for c, raw in enumerate(conns):  # give the slots back: cancel what was accepted
