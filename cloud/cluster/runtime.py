@@ -64,7 +64,13 @@ class Runtime:
             ray.init(address="local", num_cpus=self.cfg.ray_cpus or os.cpu_count(), include_dashboard=False,
                      log_to_driver=False, runtime_env=env, configure_logging=False)
         else:
-            ray.init(address=self.cfg.cluster, runtime_env=env, log_to_driver=False)
+            try:
+                ray.init(address=self.cfg.cluster, runtime_env=env, log_to_driver=False)
+            except ConnectionError as exc:
+                raise ConnectionError(
+                    f"cannot join the Ray cluster at {self.cfg.cluster} ({exc}); is `ray start --head "
+                    "--ray-client-server-port PORT` running there, and does the gateway send the cluster's token "
+                    "(RAY_AUTH_MODE=token with RAY_AUTH_TOKEN or ~/.ray/auth_token; docs/cluster.md)?") from exc
         for sig, handler in handlers.items():  # Ray's own SIGTERM handler would exit mid-step: keep the server's
             if handler is not None:
                 signal.signal(sig, handler)
