@@ -92,7 +92,8 @@ def measure_read_bandwidth(threads: int, megabytes: int = 512, repeats: int = 5)
     return data.nbytes / best / 1e9
 
 
-def _ensure_package(quant: str, root: Path, target: str) -> Path:
+def _ensure_package(quant: str, root: Path, target: str = "host") -> Path:
+    """The default model compiled for ``target`` at ``quant`` under ``root`` (built once per compiler)."""
     from pdlink.compile.builder import CompileConfig, build_package, compiler_fingerprint
 
     out = root / f"smollm2-135m-{quant}-{target}-{compiler_fingerprint()}"
