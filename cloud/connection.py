@@ -223,3 +223,16 @@ def _refine_spec(msg: PrefillRequest) -> RefineSpec | None:
     if opts is None or not opts.enabled:
         return None
     return RefineSpec(keep_ratio=opts.keep_ratio, window=opts.window or DEFAULT_WINDOW)
+
+
+def deliver_outputs(connections: dict[int, Connection], outputs: list) -> None:
+    """Hand each output to its connection (``out.key`` = (connection id, request id)), then flush every
+    connection that got one: one write per connection per batch of outputs. Gone connections are skipped."""
+    touched: dict[int, Connection] = {}
+    for out in outputs:
+        connection_id, rid = out.key
+        connection = connections.get(connection_id)
+        if connection is not None and connection.deliver(rid, out):
+            touched[connection_id] = connection
+    for connection in touched.values():
+        connection.flush()

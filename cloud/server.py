@@ -20,7 +20,7 @@ from websockets.asyncio.server import ServerConnection as WebSocket, serve
 from pdlink.cloud.admission import Admission
 from pdlink.cloud.backend import Backend, load_backend
 from pdlink.cloud.config import CloudConfig
-from pdlink.cloud.connection import Connection
+from pdlink.cloud.connection import Connection, deliver_outputs
 from pdlink.cloud.http_endpoints import http_response
 from pdlink.cloud.metrics import CloudMetrics
 from pdlink.cloud.outputs import Output
@@ -137,11 +137,4 @@ class CloudServer:
             self._loop.call_soon_threadsafe(self._dispatch, outputs)
 
     def _dispatch(self, outputs: list[Output]) -> None:
-        touched: dict[int, Connection] = {}
-        for out in outputs:
-            connection_id, rid = out.key
-            connection = self._connections.get(connection_id)
-            if connection is not None and connection.deliver(rid, out):
-                touched[connection_id] = connection
-        for connection in touched.values():
-            connection.flush()
+        deliver_outputs(self._connections, outputs)

@@ -29,7 +29,7 @@ from pdlink.cloud.cluster.handle import InstanceDied
 from pdlink.cloud.cluster.groups import RequestFeatures, classify, prefix_hash
 from pdlink.cloud.cluster.runtime import Runtime
 from pdlink.cloud.config import CloudConfig
-from pdlink.cloud.connection import Connection
+from pdlink.cloud.connection import Connection, deliver_outputs
 from pdlink.cloud.http_endpoints import http_response
 from pdlink.cloud.metrics import CloudMetrics
 from pdlink.cloud.outputs import Output
@@ -133,14 +133,7 @@ class Gateway:
         return verdict
 
     def deliver(self, outputs: list[Output]) -> None:
-        touched: dict[int, Connection] = {}
-        for out in outputs:
-            connection_id, rid = out.key
-            connection = self._connections.get(connection_id)
-            if connection is not None and connection.deliver(rid, out):
-                touched[connection_id] = connection
-        for connection in touched.values():
-            connection.flush()
+        deliver_outputs(self._connections, outputs)
 
     # ------------------------------------------------------------------ what flows call
 
