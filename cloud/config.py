@@ -40,6 +40,7 @@ class CloudConfig:
     step_token_budget: int = 512
     prefill_chunk_tokens: int = 256
     warm_up: bool = True
+    min_step_s: float = 0.0  # hold each serving step to at least this long: emulates a slower/busier cloud; 0 = off
 
     def __post_init__(self):
         if self.device not in BACKEND_DEVICES:
@@ -61,6 +62,8 @@ class CloudConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_message_bytes < 1024:
             raise ValueError("max_message_bytes must be >= 1024 (a hello must fit)")
+        if not 0.0 <= self.min_step_s <= 5.0:
+            raise ValueError(f"min_step_s must be in 0..5 seconds (0 = off), got {self.min_step_s}")
         for name in ("ttft_budget_s", "handshake_timeout_s", "idle_timeout_s", "ping_interval_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)}")

@@ -45,7 +45,8 @@ class CloudServer:
             raise ValueError(f"--max-prompt-tokens + --max-leading-tokens = {need} exceeds the model's context "
                              f"window of {self.backend.context_window}; lower them")
         self.tokenizer = self.backend.tokenizer
-        self.worker = ModelWorker(Scheduler(self.backend, cfg.scheduler_config()), self._outputs_from_worker)
+        self.worker = ModelWorker(Scheduler(self.backend, cfg.scheduler_config()), self._outputs_from_worker,
+                                  min_step_s=cfg.min_step_s)
         self.metrics = CloudMetrics(self.worker.stats)
         self._connections: dict[int, Connection] = {}
         self._ids = itertools.count(1)

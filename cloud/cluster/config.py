@@ -66,5 +66,5 @@ class ClusterConfig:
                     specs.append(InstanceSpec(
                         f"{group}-{role}-{i}", role, group, cloud.model, cloud.model_id, self.instance_threads,
                         slots, queue if role == "prefill" else 0, context, cloud.prefill_chunk_tokens,
-                        cloud.step_token_budget))
+                        cloud.step_token_budget, cloud.min_step_s))
         return specs

@@ -33,7 +33,7 @@ class Instance(ABC):
         self.backend = backend or load_backend(spec.model, threads=spec.threads, max_sequences=spec.slots,
                                                model_id=spec.model_id or None, context_window=spec.context_window)
         self.scheduler = self._make_scheduler()
-        self.worker = ModelWorker(self.scheduler, self._from_worker)
+        self.worker = ModelWorker(self.scheduler, self._from_worker, min_step_s=spec.min_step_s)
         self._queues: dict[Hashable, asyncio.Queue] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False

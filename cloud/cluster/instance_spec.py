@@ -23,6 +23,7 @@ class InstanceSpec:
     context_window: int = 2048
     prefill_chunk_tokens: int = 256
     step_token_budget: int = 512
+    min_step_s: float = 0.0  # CloudConfig.min_step_s: an emulated slower instance
 
     def __post_init__(self):
         if self.role not in ("prefill", "decode"):
