@@ -4,11 +4,13 @@ loopback and the emulated devices. ``replay`` sends the requests once in one mod
 
 from __future__ import annotations
 
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from pdlink.bench.core_pinning import pin_this_process, plan_cores
 from pdlink.bench.replay_device import NET_JITTER_MS, ReplayDevice, ReplayOutcome
 from pdlink.bench.replay_request import ReplayRequest, replay_requests, trace_workload
 from pdlink.traces.report import TraceBenchConfig
@@ -16,6 +18,7 @@ from pdlink.edge.device_profile import resolve_profile
 
 BENCH_PACKAGES = Path(".cache/bench-packages")
 CLOUD_PREFILL_CHUNK = 1024  # as bench/session.py: prefill in large chunks, the cloud is not latency-bound here
+SHARED_CORES = "share this machine's cores"
 REPLAY_TTFT_BUDGET_S = 600.0  # the replay's server admits every request (its devices wait instead)
 
 
@@ -44,13 +47,17 @@ class ReplayRig:
     ``max_devices`` emulated devices (created on first use, each warmed up once).
 
     Raises, before anything is built or started: FileNotFoundError (trace or trace folder missing),
-    TraceFormatError, ValueError (an unknown device profile, no request left after the filter)."""
+    TraceFormatError, ValueError (an unknown device profile, no request left after the filter, too few cores
+    for ``pin_cores``). With ``pin_cores`` the server runs on its own cores and this process (the devices) on
+    the next ones until the rig is closed."""
 
     def __init__(self, cfg: TraceBenchConfig, with_cloud: bool, max_devices: int | None = None):
         self.cfg = cfg
         self.workload = trace_workload(cfg)
         self.profile = resolve_profile(cfg.device_profile)
         self.with_cloud, self.max_devices = with_cloud, max_devices or cfg.devices
+        self.cores = plan_cores(cfg.cloud_threads, cfg.device_threads * self.max_devices) if cfg.pin_cores else None
+        self._affinity_before: set[int] | None = None
         lengths = [min(r.input_tokens, cfg.max_prompt_tokens) for r in self.workload]
         self.longest_prompt = max(lengths)
         self.max_tokens = max(1, min(max(r.output_tokens for r in self.workload), cfg.max_output_tokens))
@@ -65,6 +72,9 @@ class ReplayRig:
     def __enter__(self) -> "ReplayRig":
         from pdlink.bench.engine import _ensure_package
 
+        if self.cores is not None:
+            self._affinity_before = os.sched_getaffinity(0)
+            pin_this_process(self.cores.devices)
         try:
             self.package = str(self.cfg.package) if self.cfg.package else str(_ensure_package("q4_1", BENCH_PACKAGES))
             if self.with_cloud:
@@ -82,6 +92,9 @@ class ReplayRig:
         if self.server is not None:
             self.server.stop()
             self.server = None
+        if self._affinity_before is not None:
+            pin_this_process(tuple(self._affinity_before))
+            self._affinity_before = None
 
     def _start_cloud(self) -> None:
         from pdlink.cloud.server_process import ServerProcess
@@ -99,7 +112,7 @@ class ReplayRig:
             "--max-leading-tokens", str(self.max_tokens), "--max-batch-sequences", str(limits["max_sequences"]),
             "--prefill-chunk-tokens", str(limits["prefill_chunk_tokens"]),
             "--step-token-budget", str(limits["step_token_budget"]), "--ttft-budget-s", f"{limits['ttft_budget_s']:g}",
-            log_path=out / f"trace-server-{self.cfg.mode}.log")
+            log_path=out / f"trace-server-{self.cfg.mode}.log", cores=self.cores.cloud if self.cores else None)
         self.cloud = CloudTarget(self.server.wait_ready(timeout_s=300), event_timeout_s=600)
         self.health = self.server.health()
 
@@ -142,7 +155,9 @@ class ReplayRig:
         return {"device_profile": self.profile.to_json(), "device_emulated": True,
                 "network": {"rtt_ms": self.cfg.net_rtt_ms, "jitter_ms": NET_JITTER_MS if self.cfg.net_rtt_ms else 0.0},
                 "threads": {"device_engine": self.cfg.device_threads, "cloud_server": self.cfg.cloud_threads},
+                "cores": self.cores.to_json() if self.cores else "shared",
                 "note": "emulated devices: the real engine computes every step, then waits out the difference to "
-                        "the profile's time; the network is emulated on loopback; devices and cloud share this "
-                        "machine's cores (steps where the host was slower than the profile are counted per request "
+                        "the profile's time; the network is emulated on loopback; devices and cloud "
+                        f"{'run on separate cores' if self.cores else SHARED_CORES} "
+                        "(steps where the host was slower than the profile are counted per request "
                         "in host_slower_steps)"}

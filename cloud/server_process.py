@@ -24,16 +24,19 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 class ServerProcess:
     """``python -m pdlink cloud serve ...`` started at once; ``wait_ready()`` blocks (bounded) until
-    it prints its ready line. Use as a context manager; stderr goes to ``log_path``."""
+    it prints its ready line. Use as a context manager; stderr goes to ``log_path``; ``cores`` pins the server
+    (all its threads) to those CPU cores."""
 
     def __init__(self, *serve_args: str, host: str = "127.0.0.1", port: int | None = None,
-                 log_path: str | Path | None = None, env: dict | None = None):
+                 log_path: str | Path | None = None, env: dict | None = None, cores: tuple[int, ...] | None = None):
         self.host, self.port = host, port or free_port(host)
         self.log_path = Path(log_path) if log_path else None
         cmd = [sys.executable, "-m", "pdlink", "cloud", "serve", "--host", host, "--port", str(self.port), *serve_args]
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "TVM_THREAD_POOL_SPIN_COUNT": "0", **(env or {})}
         self._log = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, text=True, env=full_env)
+        pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None  # in the child, before the server starts
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, text=True, env=full_env,
+                                     preexec_fn=pin)
         self._lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
         self.url: str | None = None

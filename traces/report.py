@@ -35,6 +35,7 @@ class TraceBenchConfig:
     net_rtt_ms: float = 40.0
     cloud_threads: int = 1
     device_threads: int = 1
+    pin_cores: bool = False  # replay: the cloud server on its own cores, the devices on the next ones
     package: str | None = None  # the device's (and the replay cloud's) package; default: built on demand
     seed: int = 0
 

@@ -13,7 +13,7 @@ SESSION = ("lengths", "max_tokens", "device_profile", "net_rtt_ms", "package", "
 CLOUD = ("trace", "num_requests", "threads", "traces_dir")
 TRACE = ("trace", "traces_dir", "devices", "mode", "device_profile", "cloud_profile", "simulate", "max_requests",
          "max_output_tokens", "min_prompt_tokens", "max_prompt_tokens", "rate_scale", "ttft_slo_s", "settings_version",
-         "poisson", "max_gap_ms", "net_rtt_ms", "cloud_threads", "device_threads", "package", "seed")
+         "poisson", "max_gap_ms", "net_rtt_ms", "cloud_threads", "device_threads", "pin_cores", "package", "seed")
 SERVE = ("trace", "num_requests", "prompt_scale", "max_prompt_tokens", "leading_tokens", "rate_rps", "ttft_slo_s",
          "prefill", "decode", "prefill_slots", "cluster", "instance_threads", "kv_lengths", "kv_transports", "seed",
          "traces_dir")
@@ -94,6 +94,7 @@ def add_arguments(p) -> None:
         "min_prompt_tokens": "only requests with at least this many prompt tokens",
         "rate_scale": "arrivals this many times faster than the trace's",
         "settings_version": "pd settings: 2 (fewest cloud seconds, SLO-aware) or 1 (closed form)",
+        "pin_cores": "replay: the cloud server on its own cores (--cloud-threads), the devices on the next ones",
         "poisson": "with --simulate: arrivals re-timed as a Poisson process at the trace's mean rate (--seed)"})
     t.add_argument("--modes", nargs="+", choices=["pd", "device", "cloud"],
                    help="replay: these modes in turn on one set-up (one server, engines loaded once), one report "
