@@ -215,6 +215,16 @@ CLOUD_PROFILES["local-cpu-2t-beside-phone"] = replace(
            "1024: 292, 2048: 167} (fit 344 tok/s, halving 3069 tokens); decode step s by batch "
            "{1: 0.0707, 2: 0.0317} at context 3000 (noisy: the neighbour computes in bursts)")
 
+# Measured here 2026-12-01 as local-cpu-2t with 1 thread, pinned to core 0 (`taskset -c 0`): the replay's cloud
+# server under `pdlink bench trace --cloud-threads 1 --pin-cores`, whose devices compute on the other core.
+CLOUD_PROFILES["local-cpu-1t"] = replace(
+    CLOUD_PROFILES["local-cpu"], name="local-cpu-1t", prefill_tok_s=180.3, prefill_halving_tokens=7674,
+    tpot_by_batch=((1, 0.0276), (2, 0.051)),
+    source="measured here 2026-12-01, PackageBackend on the q4_1 host package of SmolLM2-135M, 1 thread pinned to "
+           "its own core, after a warm-up: a 3000-token prompt in 1024-token chunks, tok/s by context {0: 169, "
+           "1024: 152, 2048: 136} (fit 180 tok/s, halving 7674 tokens); decode step s by batch {1: 0.0276, "
+           "2: 0.051} at context 3000")
+
 
 def named_cloud_profile(name: str) -> CloudProfile:
     """A cloud profile of the table by name, or one read from a JSON file of its fields (a path ending in
