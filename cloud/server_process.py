@@ -3,40 +3,27 @@
 from __future__ import annotations
 
 import json
-import os
 import queue
-import socket
-import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
+from pdlink.common.child_process import ChildProcess, free_port
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+__all__ = ["ServerProcess", "free_port"]
 
 
-class ServerProcess:
+class ServerProcess(ChildProcess):
     """``python -m pdlink cloud serve ...`` started at once; ``wait_ready()`` blocks (bounded) until
     it prints its ready line. Use as a context manager; stderr goes to ``log_path``; ``cores`` pins the server
     (all its threads) to those CPU cores."""
 
     def __init__(self, *serve_args: str, host: str = "127.0.0.1", port: int | None = None,
                  log_path: str | Path | None = None, env: dict | None = None, cores: tuple[int, ...] | None = None):
-        self.host, self.port = host, port or free_port(host)
-        self.log_path = Path(log_path) if log_path else None
-        cmd = [sys.executable, "-m", "pdlink", "cloud", "serve", "--host", host, "--port", str(self.port), *serve_args]
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "TVM_THREAD_POOL_SPIN_COUNT": "0", **(env or {})}
-        self._log = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL
-        pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None  # in the child, before the server starts
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, text=True, env=full_env,
-                                     preexec_fn=pin)
+        port = port or free_port(host)
+        cmd = [sys.executable, "-m", "pdlink", "cloud", "serve", "--host", host, "--port", str(port), *serve_args]
+        super().__init__(cmd, host=host, port=port, log_path=log_path, env=env, cores=cores, pipe_stdout=True)
         self._lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
         self.url: str | None = None
@@ -64,50 +51,11 @@ class ServerProcess:
         raise RuntimeError(f"cloud server did not get ready within {timeout_s:.0f} s "
                            f"(exit code {self.proc.poll()}):\n{self.log_tail()}")
 
-    def log_tail(self, chars: int = 3000) -> str:
-        if self.log_path and self.log_path.is_file():
-            return self.log_path.read_text(errors="replace")[-chars:]
-        return ""
-
-    def http(self, path: str, timeout_s: float = 10.0) -> tuple[int, str]:
-        """``GET path`` on the server's port: (status, body)."""
-        try:
-            with urllib.request.urlopen(f"http://{self.host}:{self.port}{path}", timeout=timeout_s) as resp:
-                return resp.status, resp.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-
     def health(self) -> dict:
-        status, body = self.http("/healthz")
+        status, body = self.http("/healthz", timeout_s=10.0)
         if status != 200:
             raise RuntimeError(f"/healthz answered {status}: {body}")
         return json.loads(body)
 
-    def metric(self, name: str, **labels: str) -> float:
-        """One sample of ``/metrics`` (0.0 when absent)."""
-        want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
-        for line in self.http("/metrics")[1].splitlines():
-            if line.startswith(want + " "):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self, timeout_s: float = 15.0) -> None:
-        """SIGTERM, then SIGKILL after ``timeout_s``."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout_s)
-        if self._log is not subprocess.DEVNULL:
-            self._log.close()
-
-    def __enter__(self) -> "ServerProcess":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    def stop(self, timeout_s: float = 15.0) -> int | None:
+        return super().stop(timeout_s)

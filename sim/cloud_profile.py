@@ -11,9 +11,11 @@ and the KV cache holds at most ``capacity_tokens = (kv_mem_fraction * hbm_bytes 
 kv_bytes_per_token`` tokens (a request holds its prompt + leading tokens from its first chunk to its end).
 Without them (the table form; ``local-cpu``)::
 
-    step = step_overhead_s + sum(prefill(chunk, context)) + decode_step(batch)
-    decode_step(B) = piecewise-linear in B through ``tpot_by_batch`` (flat below the first point,
-                     the last slope beyond the last point)
+    step = step_overhead_s + sum(prefill(chunk, context)) + decode_step(batch, contexts)
+    decode_step(B, contexts) = piecewise-linear in B through ``tpot_by_batch`` (flat below the first point,
+                     the last slope beyond the last point), timed at ``tpot_context_tokens`` per sequence,
+                     times (1 + c / decode_halving_tokens) / (1 + tpot_context_tokens / decode_halving_tokens)
+                     for a mean context c per sequence (1 without a decode halving)
 
 and in both ``prefill(n tokens at context c) = n / prefill_tok_s * (1 + (c + n/2) / prefill_halving_tokens)``.
 The GPU profiles' numbers and their calibration are in ``pdlink.sim.cloud_calibration``.
@@ -41,6 +43,10 @@ class CloudProfile:
     prefill_tok_s: float
     tpot_by_batch: tuple[tuple[int, float], ...] = ()  # table form: (batch, seconds per decode step), batch rising
     prefill_halving_tokens: float = 0.0
+    # table form: tpot_by_batch was timed with sequences of tpot_context_tokens each; a decode step's cost doubles
+    # (over context 0) at decode_halving_tokens per sequence (0: decode cost independent of context)
+    tpot_context_tokens: int = 0
+    decode_halving_tokens: float = 0.0
     step_overhead_s: float = 0.0
     max_concurrent: int = 256
     step_token_budget: int = 8192
@@ -62,6 +68,8 @@ class CloudProfile:
         object.__setattr__(self, "tpot_by_batch", tuple((int(b), float(s)) for b, s in self.tpot_by_batch))
         if self.prefill_tok_s <= 0 or self.prefill_halving_tokens < 0 or self.step_overhead_s < 0:
             raise ValueError(f"cloud profile {self.name!r}: prefill_tok_s must be > 0, halving and overhead >= 0")
+        if self.decode_halving_tokens < 0 or self.tpot_context_tokens < 0:
+            raise ValueError(f"cloud profile {self.name!r}: decode_halving_tokens and tpot_context_tokens must be >= 0")
         if min(self.weights_bytes, self.kv_bytes_per_token, self.hbm_bytes, self.mem_bw_bytes_s,
                self.seq_overhead_s) < 0 or not 0 < self.kv_mem_fraction <= 1:
             raise ValueError(f"cloud profile {self.name!r}: memory figures must be >= 0, kv_mem_fraction in (0, 1]")
@@ -104,7 +112,7 @@ class CloudProfile:
         """Seconds of one step: ``prefill_s`` of prompt chunks plus one decode of ``batch`` sequences holding
         ``context_tokens`` tokens in all (module docstring)."""
         if not self.memory_bound:
-            return self.step_overhead_s + prefill_s + self.decode_step_s(batch)
+            return self.step_overhead_s + prefill_s + self.decode_step_s(batch, context_tokens)
         if prefill_s <= 0 and batch <= 0:
             return self.step_overhead_s
         return (self.step_overhead_s + max(prefill_s, self.weights_bytes / self.mem_bw_bytes_s)
@@ -123,6 +131,11 @@ class CloudProfile:
             return 0.0
         if self.memory_bound:
             return self.step_s(0.0, batch, context_tokens) - self.step_overhead_s
+        h = self.decode_halving_tokens
+        scale = (1 + context_tokens / batch / h) / (1 + self.tpot_context_tokens / h) if h else 1.0
+        return self._table_step_s(batch) * scale
+
+    def _table_step_s(self, batch: int) -> float:
         points = self.tpot_by_batch
         if batch <= points[0][0] or len(points) == 1:
             return points[0][1] if batch <= points[0][0] else points[0][1] * batch / points[0][0]
@@ -215,16 +228,16 @@ CLOUD_PROFILES["local-cpu-2t-beside-phone"] = replace(
            "1024: 292, 2048: 167} (fit 344 tok/s, halving 3069 tokens); decode step s by batch "
            "{1: 0.0707, 2: 0.0317} at context 3000 (noisy: the neighbour computes in bursts)")
 
-# Measured here 2026-12-01 as local-cpu-2t with 1 thread, pinned to core 0 (`taskset -c 0`): the replay's cloud
+# Measured here 2026-12-01 with measure_local_cloud_profile(<the replay's package>, threads=1, prompt_tokens=3000,
+# chunk_tokens=1024, batches=(1, 2), context=3000, short_context=256) under `taskset -c 0`: the replay's cloud
 # server under `pdlink bench trace --cloud-threads 1 --pin-cores`, whose devices compute on the other core.
 CLOUD_PROFILES["local-cpu-1t"] = replace(
-    CLOUD_PROFILES["local-cpu"], name="local-cpu-1t", prefill_tok_s=180.3, prefill_halving_tokens=7674,
-    tpot_by_batch=((1, 0.0276), (2, 0.051)),
+    CLOUD_PROFILES["local-cpu"], name="local-cpu-1t", prefill_tok_s=190.6, prefill_halving_tokens=6042,
+    tpot_by_batch=((1, 0.0266), (2, 0.0507)), tpot_context_tokens=3000, decode_halving_tokens=1900,
     source="measured here 2026-12-01, PackageBackend on the q4_1 host package of SmolLM2-135M, 1 thread pinned to "
-           "its own core, after a warm-up: a 3000-token prompt in 1024-token chunks, tok/s by context {0: 169, "
-           "1024: 152, 2048: 136} (fit 180 tok/s, halving 7674 tokens); decode step s by batch {1: 0.0276, "
-           "2: 0.051} at context 3000")
-
+           "its own core, after a warm-up: a 3000-token prompt in 1024-token chunks, tok/s by context {0: 175, "
+           "1024: 155, 2048: 136} (fit 191 tok/s, halving 6042 tokens); decode step s by batch {1: 0.0266, "
+           "2: 0.0507} at context 3000, batch 1 at context 256: decode halving 1900 tokens")
 
 def named_cloud_profile(name: str) -> CloudProfile:
     """A cloud profile of the table by name, or one read from a JSON file of its fields (a path ending in

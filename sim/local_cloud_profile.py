@@ -32,15 +32,28 @@ def fit_prefill(points: list[tuple[int, int, float]]) -> tuple[float, float]:
     return float(n.sum() / t.sum()), 0.0
 
 
+def fit_decode_halving(short: tuple[int, float], long: tuple[int, float]) -> float:
+    """The per-sequence context at which a decode step costs twice a step at context 0, from two timed
+    ``(context, seconds)`` batch-1 steps (``t = a + b c``, halving ``a / b``); 0 when the longer context
+    was not slower."""
+    (c1, t1), (c2, t2) = sorted((short, long))
+    if c2 <= c1 or t2 <= t1:
+        return 0.0
+    slope = (t2 - t1) / (c2 - c1)
+    return max(0.0, t1 - slope * c1) / slope
+
+
 def measure_local_cloud_profile(package_dir: str, threads: int = 1, prompt_tokens: int = 1024,
                                 chunk_tokens: int = 256, batches: tuple[int, ...] = (1, 2, 4, 8, 16),
                                 decode_steps: int = 8, context: int = 256, name: str = "local-cpu",
-                                beside: Sequence[str] | None = None, beside_start_s: float = 5.0) -> CloudProfile:
+                                beside: Sequence[str] | None = None, beside_start_s: float = 5.0,
+                                short_context: int | None = None) -> CloudProfile:
     """Time ``PackageBackend`` on a compiled package the way the cloud server drives it: after a warm-up (as
     the server's), a ``prompt_tokens`` prompt prefilled in ``chunk_tokens`` chunks, each chunk timed at its
     context (the decode sequences' prompts, prefilled the same way, add points); decode steps at ``batches``
     sequences of ``context`` tokens. Fits prefill speed and its context slowdown (``fit_prefill``), keeps
-    TPOT per batch. The serving limits are the cloud server's defaults (``pdlink.cloud.config``).
+    TPOT per batch; with ``short_context`` also times batch 1 at that context and fits the decode step's
+    context slowdown (``fit_decode_halving``). The serving limits are the cloud server's defaults (``pdlink.cloud.config``).
 
     ``beside``: a command (argv) run while the timings are taken, started ``beside_start_s`` before them and
     ended after (by its pid): e.g. an emulated device's ``pdlink generate --mode device``, whose real engine
@@ -81,13 +94,22 @@ def measure_local_cloud_profile(package_dir: str, threads: int = 1, prompt_token
         tpot[b] = (time.perf_counter() - t0) / decode_steps
         for s in seqs:
             backend.free_sequence(s)
+    halving = 0.0
+    if short_context and 1 in tpot:
+        seq = prefill(prompt_of_length(encode, short_context))
+        backend.decode([seq], [0])
+        t0 = time.perf_counter()
+        for _ in range(decode_steps):
+            backend.decode([seq], [0])
+        halving = fit_decode_halving((short_context, (time.perf_counter() - t0) / decode_steps), (context, tpot[1]))
+        backend.free_sequence(seq)
     if neighbour is not None:
         if neighbour.poll() is not None:
             raise RuntimeError(f"the command beside the measurement ended before it (exit {neighbour.returncode}): "
                                "the timings are not all beside it; give it a longer task")
         neighbour.terminate()
         neighbour.wait()
-    rate, halving = fit_prefill(points)
+    rate, prefill_halving = fit_prefill(points)
     by_context: dict[int, list[float]] = {}
     for n, c, t in points:
         by_context.setdefault(c, []).append(n / t)
@@ -95,9 +117,10 @@ def measure_local_cloud_profile(package_dir: str, threads: int = 1, prompt_token
     source = (f"measured here {time.strftime('%Y-%m-%d')} with PackageBackend ({info.get('quantization')}, "
               f"{info.get('target')}), {threads} thread(s), after a warm-up: prefill in {chunk_tokens}-token chunks, "
               f"tok/s by context {({c: round(float(np.median(v))) for c, v in sorted(by_context.items())})} "
-              f"(fit: {rate:.0f} tok/s, halving {halving:.0f} tokens); decode step s by batch "
+              f"(fit: {rate:.0f} tok/s, halving {prefill_halving:.0f} tokens); decode step s by batch "
               f"{({k: round(v, 4) for k, v in tpot.items()})} at context {context}"
+              + (f" (decode halving {halving:.0f} tokens from batch 1 at context {short_context})" if halving else "")
               + (f"; while this ran beside it: {' '.join(beside)}" if beside else ""))
     return replace(CLOUD_PROFILES["local-cpu"], name=name, prefill_tok_s=round(rate, 1),
-                   prefill_halving_tokens=round(halving), tpot_by_batch=tuple(sorted(tpot.items())), source=source,
-                   measured=True)
+                   prefill_halving_tokens=round(prefill_halving), tpot_by_batch=tuple(sorted(tpot.items())),
+                   tpot_context_tokens=context, decode_halving_tokens=round(halving), source=source, measured=True)

@@ -45,6 +45,18 @@ def test_table_form_still_works():
         CloudProfile("none", prefill_tok_s=100.0)
 
 
+
+def test_table_form_scales_decode_with_the_context_it_was_timed_at():
+    p = CloudProfile("t", prefill_tok_s=100.0, tpot_by_batch=((1, 0.02), (2, 0.03)), tpot_context_tokens=3000,
+                     decode_halving_tokens=1000)
+    assert p.decode_step_s(1, 3000) == pytest.approx(0.02)  # the timed point itself
+    assert p.decode_step_s(1, 0) == pytest.approx(0.02 / 4)  # (1 + 0) / (1 + 3)
+    assert p.decode_step_s(2, 2 * 1000) == pytest.approx(0.03 * 2 / 4)  # the mean context per sequence counts
+    assert p.step_s(0.5, 1, 1000) == pytest.approx(0.5 + 0.01)
+    with pytest.raises(ValueError, match="decode_halving_tokens"):
+        CloudProfile("t", prefill_tok_s=100.0, tpot_by_batch=((1, 0.02),), decode_halving_tokens=-1)
+
+
 SMALL_GPU = CloudProfile("small", prefill_tok_s=10_000.0, model="m", weights_bytes=1e9, kv_bytes_per_token=1e5,
                          hbm_bytes=(1e9 + 5000 * 1e5) / 0.9, mem_bw_bytes_s=1e12, step_token_budget=2048,
                          prefill_chunk_tokens=1024)  # KV room: 5000 tokens

@@ -13,7 +13,7 @@ from pdlink.bench.replay_rig import CLOUD_PREFILL_CHUNK, replay_server_limits
 from pdlink.bench.trace_sim import replay_cloud_profile, validate_replay
 from pdlink.sim import CloudProfile, SimRequest, Simulation
 from pdlink.sim.cloud_profile import named_cloud_profile
-from pdlink.sim.local_cloud_profile import fit_prefill
+from pdlink.sim.local_cloud_profile import fit_decode_halving, fit_prefill
 from pdlink.traces.report import RequestRecord, TraceBenchConfig, summarize
 
 CLOUD = CloudProfile("c", prefill_tok_s=300.0, tpot_by_batch=((1, 0.02),), max_concurrent=64, max_sequences=16,
@@ -61,6 +61,13 @@ def test_prefill_fit_recovers_speed_and_context_slowdown():
     rate, halving = fit_prefill(pts)
     assert rate == pytest.approx(r, rel=1e-6) and halving == pytest.approx(h, rel=1e-6)
     assert fit_prefill([(100, 0, 1.0), (100, 0, 1.0)]) == (100.0, 0.0)  # one context: no slowdown to fit
+
+
+def test_decode_halving_fit_from_two_contexts():
+    a, b = 0.010, 0.010 / 2000  # halving 2000 tokens
+    assert fit_decode_halving((256, a + b * 256), (3000, a + b * 3000)) == pytest.approx(2000)
+    assert fit_decode_halving((3000, a + b * 3000), (256, a + b * 256)) == pytest.approx(2000)  # any order
+    assert fit_decode_halving((256, 0.02), (3000, 0.02)) == 0.0  # not slower with context: no halving
 
 
 def test_validate_replay_simulates_each_mode_with_the_replays_settings(tmp_path):
