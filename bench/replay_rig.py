@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pdlink.bench.core_pinning import pin_this_process, plan_cores
-from pdlink.bench.replay_device import NET_JITTER_MS, ReplayDevice, ReplayOutcome
+from pdlink.bench.replay_device import NET_JITTER_MS, PINNED_ENGINE_NICE, ReplayDevice, ReplayOutcome
 from pdlink.bench.replay_request import ReplayRequest, replay_requests, trace_workload
 from pdlink.traces.report import TraceBenchConfig
 from pdlink.edge.device_profile import resolve_profile
@@ -155,7 +155,7 @@ class ReplayRig:
         return {"device_profile": self.profile.to_json(), "device_emulated": True,
                 "network": {"rtt_ms": self.cfg.net_rtt_ms, "jitter_ms": NET_JITTER_MS if self.cfg.net_rtt_ms else 0.0},
                 "threads": {"device_engine": self.cfg.device_threads, "cloud_server": self.cfg.cloud_threads},
-                "cores": self.cores.to_json() if self.cores else "shared",
+                "cores": {**self.cores.to_json(), "device_engine_nice": PINNED_ENGINE_NICE} if self.cores else "shared",
                 "note": "emulated devices: the real engine computes every step, then waits out the difference to "
                         "the profile's time; the network is emulated on loopback; devices and cloud "
                         f"{'run on separate cores' if self.cores else SHARED_CORES} "

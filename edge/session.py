@@ -14,6 +14,7 @@ package the cloud also tokenizes). A conversation keeps its KV cache between tur
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +37,12 @@ MODES = ("pd", "device", "cloud")
 __all__ = ["MODES", "GenerationRequest", "Session", "SessionConfig", "SessionResult", "SessionToken"]
 
 
+def _lower_priority(nice: int) -> None:
+    """Lower the calling thread's CPU priority by ``nice`` (a thread is a task on Linux; no-op elsewhere or at 0)."""
+    if nice and hasattr(os, "setpriority"):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + nice)
+
+
 @dataclass(frozen=True)
 class SessionConfig:
     """One device process: the package, the cloud, the emulation and the session limits."""
@@ -54,6 +61,7 @@ class SessionConfig:
     refine_keep_ratio: float = 0.5  # share of the prompt a refined prompt keeps
     ttft_slo_s: float | None = None  # pd settings v2: the TTFT SLO (None: as soon as the cloud can)
     settings_version: int = 2  # pd settings decision: 2 (least cloud seconds, settings_v2) or 1 (closed form)
+    engine_nice: int = 0  # the engine thread's nice increment (Linux): > 0 lets the pacing loop preempt it
 
     def __post_init__(self):
         if isinstance(self.device_profile, str):
@@ -63,6 +71,8 @@ class SessionConfig:
                              f"and {self.ttft_slo_s}")
         if self.max_gap_s <= 0 or self.chunk_size < 1 or self.done_wait_s < 0:
             raise ValueError("max_gap_s must be > 0, chunk_size >= 1 and done_wait_s >= 0")
+        if not 0 <= self.engine_nice <= 19:
+            raise ValueError(f"engine_nice must be in 0..19 (0 = the process's priority), got {self.engine_nice}")
         if self.refine not in REFINE_MODES:
             raise ValueError(f"refine must be one of {REFINE_MODES}, got {self.refine!r}")
         if not 0.0 < self.refine_keep_ratio <= 1.0:
@@ -120,7 +130,8 @@ class Session:
         self._profile = emulated or profile
         self.tokenizer = engine.tokenizer if engine is not None else None
         self.stop_ids = end_of_turn_ids(engine.model_config.eos_token_ids, engine.tokenizer) if engine else set()
-        self.engine_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pdlink-engine")  # every engine step
+        self.engine_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pdlink-engine",  # every engine step
+                                                initializer=_lower_priority, initargs=(cfg.engine_nice,))
         self._kept: tuple[int, list[int]] | None = None  # a conversation's sequence and the ids in its KV cache
         self.last: SessionResult | None = None
 

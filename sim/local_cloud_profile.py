@@ -53,7 +53,8 @@ def measure_local_cloud_profile(package_dir: str, threads: int = 1, prompt_token
     context (the decode sequences' prompts, prefilled the same way, add points); decode steps at ``batches``
     sequences of ``context`` tokens. Fits prefill speed and its context slowdown (``fit_prefill``), keeps
     TPOT per batch; with ``short_context`` also times batch 1 at that context and fits the decode step's
-    context slowdown (``fit_decode_halving``). The serving limits are the cloud server's defaults (``pdlink.cloud.config``).
+    context slowdown (``fit_decode_halving``). The serving limits are the cloud server's defaults
+    (``pdlink.cloud.config``).
 
     ``beside``: a command (argv) run while the timings are taken, started ``beside_start_s`` before them and
     ended after (by its pid): e.g. an emulated device's ``pdlink generate --mode device``, whose real engine
