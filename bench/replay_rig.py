@@ -18,7 +18,6 @@ from pdlink.edge.device_profile import resolve_profile
 
 BENCH_PACKAGES = Path(".cache/bench-packages")
 CLOUD_PREFILL_CHUNK = 1024  # as bench/session.py: prefill in large chunks, the cloud is not latency-bound here
-SHARED_CORES = "share this machine's cores"
 REPLAY_TTFT_BUDGET_S = 600.0  # the replay's server admits every request (its devices wait instead)
 
 
@@ -152,12 +151,13 @@ class ReplayRig:
 
     def emulation_label(self) -> dict:
         """What was emulated, for the report."""
+        sharing = "run on separate cores" if self.cores else "share this machine's cores"
         return {"device_profile": self.profile.to_json(), "device_emulated": True,
                 "network": {"rtt_ms": self.cfg.net_rtt_ms, "jitter_ms": NET_JITTER_MS if self.cfg.net_rtt_ms else 0.0},
                 "threads": {"device_engine": self.cfg.device_threads, "cloud_server": self.cfg.cloud_threads},
                 "cores": {**self.cores.to_json(), "device_engine_nice": PINNED_ENGINE_NICE} if self.cores else "shared",
                 "note": "emulated devices: the real engine computes every step, then waits out the difference to "
                         "the profile's time; the network is emulated on loopback; devices and cloud "
-                        f"{'run on separate cores' if self.cores else SHARED_CORES} "
+                        f"{sharing} "
                         "(steps where the host was slower than the profile are counted per request "
                         "in host_slower_steps)"}

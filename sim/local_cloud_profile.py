@@ -84,26 +84,24 @@ def measure_local_cloud_profile(package_dir: str, threads: int = 1, prompt_token
     if neighbour is not None:
         time.sleep(beside_start_s)
     backend.free_sequence(prefill(prompt_of_length(encode, prompt_tokens)))
-    tpot = {}
-    ids = prompt_of_length(encode, context)
-    for b in batches:
-        seqs = [prefill(ids) for _ in range(b)]
-        backend.decode(seqs, [ids[-1]] * b)  # warm
+    def decode_step_s(ids: list[int], batch: int) -> float:
+        """Seconds per decode step of ``batch`` sequences holding ``ids`` (after one warm step)."""
+        seqs = [prefill(ids) for _ in range(batch)]
+        backend.decode(seqs, [ids[-1]] * batch)  # warm
         t0 = time.perf_counter()
         for _ in range(decode_steps):
-            backend.decode(seqs, [ids[-1]] * b)
-        tpot[b] = (time.perf_counter() - t0) / decode_steps
+            backend.decode(seqs, [ids[-1]] * batch)
+        elapsed = (time.perf_counter() - t0) / decode_steps
         for s in seqs:
             backend.free_sequence(s)
+        return elapsed
+
+    ids = prompt_of_length(encode, context)
+    tpot = {b: decode_step_s(ids, b) for b in batches}
     halving = 0.0
     if short_context and 1 in tpot:
-        seq = prefill(prompt_of_length(encode, short_context))
-        backend.decode([seq], [0])
-        t0 = time.perf_counter()
-        for _ in range(decode_steps):
-            backend.decode([seq], [0])
-        halving = fit_decode_halving((short_context, (time.perf_counter() - t0) / decode_steps), (context, tpot[1]))
-        backend.free_sequence(seq)
+        short = decode_step_s(prompt_of_length(encode, short_context), 1)
+        halving = fit_decode_halving((short_context, short), (context, tpot[1]))
     if neighbour is not None:
         if neighbour.poll() is not None:
             raise RuntimeError(f"the command beside the measurement ended before it (exit {neighbour.returncode}): "
