@@ -19,7 +19,8 @@ import numpy as np
 
 from pdlink.bench.engine import machine_info
 
-# SmolLM2-135M: 30 layers, 3 kv heads of 64 features, float32 KV (the compiled package's cache).
+# SmolLM2-135M: 30 layers, 3 kv heads of 64 features, float32 KV (the cloud's torch backend; the compiled
+# package's pages are float16, half these bytes).
 SMOLLM2_KV = (30, 3, 64)
 
 

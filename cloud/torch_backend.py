@@ -181,13 +181,14 @@ class TorchBackend(Backend):
         if h.model_id != self.model_id or (h.num_layers, h.num_kv_heads, h.head_dim) != want:
             raise ValueError(f"KV of {h.model_id} ({h.num_layers} layers, {h.num_kv_heads}x{h.head_dim}) does not fit "
                              f"{self.model_id} ({want[0]} layers, {want[1]}x{want[2]})")
-        if h.dtype != "float32":
-            raise ValueError(f"KV of dtype {h.dtype} cannot continue on this float32 model")
+        if h.dtype not in ("float32", "float16"):
+            raise ValueError(f"KV of dtype {h.dtype} cannot continue on this float32 model (float32 or float16 KV)")
         if len(h.token_ids) > self.context_window:
             raise ValueError(f"{len(h.token_ids)} tokens of KV exceed the context window of {self.context_window}")
         seq_id = self.add_sequence()
         seq = self._seqs[seq_id]
-        seq.cache = DynamicCache(ddp_cache_data=array_to_layers(snapshot.data, self.device))
+        seq.cache = DynamicCache(ddp_cache_data=array_to_layers(snapshot.data.astype(np.float32, copy=False),
+                                                                self.device))
         seq.length, seq.token_ids = len(h.token_ids), list(h.token_ids)
         return seq_id
 

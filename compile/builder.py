@@ -199,7 +199,7 @@ def _manifest(cfg, ckpt, preset, quant, library, names, tokenizer, work: Path) -
         params_file=PARAMS_FILE,
         param_names=names,
         tokenizer=tokenizer,
-        kv_cache={"page_size": cfg.page_size, "prefill_chunk_size": cfg.prefill_chunk_size, "dtype": "float32",
+        kv_cache={"page_size": cfg.page_size, "prefill_chunk_size": cfg.prefill_chunk_size, "dtype": "float16",
                   "kv_io": KV_IO},
         files=files,
         config_hash=config_hash(model_config, quantization, target_json),

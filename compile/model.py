@@ -50,6 +50,11 @@ class RMSNorm(nn.Module):
         return nn.op.rms_norm(x, self.weight, axes=[-1], epsilon=self.eps)
 
 
+# KV pages hold float16 (half the memory of float32, like llama.cpp's default cache); everything else computes in
+# float32, and the CPU attention kernels accumulate in float32.
+KV_DTYPE = "float16"
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: LlamaConfig, fmt: WeightFormat):
         self.num_q, self.num_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
@@ -59,7 +64,8 @@ class Attention(nn.Module):
     def forward(self, x: nn.Tensor, kv: PagedKVCache, layer_id: int) -> nn.Tensor:
         b, s, _ = x.shape
         qkv = nn.op.reshape(self.qkv_proj(x), (b, s, self.num_q + 2 * self.num_kv, self.head_dim))
-        out = kv.attention_with_fused_qkv(layer_id, qkv, self.num_q, sm_scale=self.head_dim**-0.5)
+        out = kv.attention_with_fused_qkv(layer_id, qkv.astype(KV_DTYPE), self.num_q, sm_scale=self.head_dim**-0.5)
+        out = out.astype("float32")
         return self.o_proj(nn.op.reshape(out, (b, s, self.num_q * self.head_dim)))
 
 
@@ -177,7 +183,7 @@ class LlamaForCausalLM(nn.Module):
                 rope_ext_factors=rx.prim_value(0),
                 rotary_dim=cfg.head_dim,
                 enable_disaggregation=False,
-                dtype="float32",
+                dtype=KV_DTYPE,
                 target=self.target,
             )
 

@@ -102,7 +102,8 @@ class Engine:
             *(tvm.runtime.ShapeTuple([v]) for v in self._kv_cache_args())
         )
         cfg_m = self.model_config
-        self._kv_io = KVExchange(tvm, self._dev, cfg_m.num_hidden_layers, cfg_m.num_key_value_heads, cfg_m.head_dim)
+        self._kv_io = KVExchange(tvm, self._dev, cfg_m.num_hidden_layers, cfg_m.num_key_value_heads, cfg_m.head_dim,
+                                 dtype=self.manifest.kv_cache.get("dtype", "float32"))
         self._lengths: dict[int, int] = {}
         self._next_id = 0
         self._pool_threads = {threading.get_ident()}  # threads whose TVM pool is sized (see _forward)
@@ -171,8 +172,8 @@ class Engine:
             self._lengths[seq_id] -= num_tokens
 
     def export_kv(self, seq_id: int) -> np.ndarray:
-        """A copy of the sequence's KV, ``[num_layers, 2, tokens, kv_heads, head_dim]`` float32 (K after
-        RoPE); the sequence is unchanged. ValueError for an empty sequence."""
+        """A copy of the sequence's KV, ``[num_layers, 2, tokens, kv_heads, head_dim]`` in the cache's dtype
+        (K after RoPE); the sequence is unchanged. ValueError for an empty sequence."""
         self._require(seq_id)
         if not self._lengths[seq_id]:
             raise ValueError(f"sequence {seq_id} is empty: nothing to export")

@@ -5,7 +5,9 @@ says ``kv_cache.kv_io``): the builtin ``vm.builtin.attention_kv_cache_debug_get_
 staging buffer with the sequence's cached rows, layer by layer. Export swaps twice (copying the rows out
 in between, so the cache is left as it was); import reserves the sequence's pages with
 ``begin_forward``/``end_forward`` and swaps once. The array is ``[num_layers, 2, tokens, kv_heads, head_dim]``
-float32 (K after RoPE), the layout of :class:`pdlink.cloud.kv.KVSnapshot`.
+in the cache's dtype (the manifest's ``kv_cache.dtype``: float16 pages; packages built before hold float32; K
+after RoPE), the layout of :class:`pdlink.cloud.kv.KVSnapshot`. A KV of another float dtype is converted on import
+(float32 -> float16 rounds to the nearest half, as the cache itself would have stored it).
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import numpy as np
 class KVExchange:
     """The exchange for one engine's cache; the engine calls it (not thread-safe, like the engine)."""
 
-    def __init__(self, tvm, dev, num_layers: int, num_kv_heads: int, head_dim: int):
+    def __init__(self, tvm, dev, num_layers: int, num_kv_heads: int, head_dim: int, dtype: str = "float32"):
         self._tvm, self._dev = tvm, dev
+        self.dtype = np.dtype(dtype)
         self._swap = tvm.get_global_func("vm.builtin.attention_kv_cache_debug_get_kv")
         self.row_shape = (num_kv_heads, head_dim)
         self.num_layers = num_layers
@@ -28,8 +31,8 @@ class KVExchange:
     def read(self, kv, seq_id: int, num_tokens: int) -> np.ndarray:
         """A copy of the sequence's ``num_tokens`` rows; the cache is unchanged afterwards."""
         half = (self.num_layers, num_tokens, *self.row_shape)
-        k = self._tvm.runtime.tensor(np.zeros(half, np.float32), self._dev)
-        v = self._tvm.runtime.tensor(np.zeros(half, np.float32), self._dev)
+        k = self._tvm.runtime.tensor(np.zeros(half, self.dtype), self._dev)
+        v = self._tvm.runtime.tensor(np.zeros(half, self.dtype), self._dev)
         self._swap(kv, seq_id, 0, num_tokens, k, v)
         try:
             out = np.stack([k.numpy(), v.numpy()], axis=1)
@@ -44,13 +47,13 @@ class KVExchange:
         self._swap(kv, seq_id, 0, data.shape[2], k, v)
 
     def check(self, data: np.ndarray, context_window: int) -> np.ndarray:
-        """``data`` as float32 of this cache's shape; ``ValueError`` saying what differs."""
+        """``data`` in this cache's dtype and shape; ``ValueError`` saying what differs."""
         data = np.asarray(data)
         if data.ndim != 5 or data.shape[:2] != (self.num_layers, 2) or tuple(data.shape[3:]) != self.row_shape:
             raise ValueError(f"KV of shape {data.shape} does not fit this model: expected "
                              f"{self.shape(-1)} with any token count (layers, K/V, tokens, kv heads, head dim)")
-        if data.dtype != np.float32:
-            raise ValueError(f"KV dtype {data.dtype} differs from the cache's float32")
+        if data.dtype.kind != "f":
+            raise ValueError(f"KV dtype {data.dtype} is not a float dtype; this cache holds {self.dtype}")
         if not 1 <= data.shape[2] <= context_window:
             raise ValueError(f"{data.shape[2]} tokens of KV: must be 1..{context_window} (the context window)")
-        return data
+        return data.astype(self.dtype, copy=False)

@@ -35,7 +35,9 @@ def test_chunked_prefill_equals_one_shot(engine, ids):
     a, whole = _prefill(engine, ids)
     b, chunked = _prefill(engine, ids, chunk=7)
     assert engine.num_computed_tokens(a) == engine.num_computed_tokens(b) == len(ids)
-    np.testing.assert_allclose(whole, chunked, atol=2e-3)
+    # Each chunk's attention output is rounded to the float16 pages' dtype before the chunks' states merge, so
+    # chunked logits differ from one-shot ones by float16 rounding (~1e-2 on logits of magnitude ~20), no more.
+    np.testing.assert_allclose(whole, chunked, atol=3e-2)
     assert int(whole.argmax()) == int(chunked.argmax())
 
 

@@ -109,15 +109,20 @@ def test_engine_import_spanning_several_prefill_chunks_gives_bitwise_equal_logit
     try:
         engine.prefill(a, ids)
         kv = engine.export_kv(a)
-        assert kv.shape == (30, 2, ids.size, 3, 64) and kv.dtype == np.float32
+        assert kv.shape == (30, 2, ids.size, 3, 64) and kv.dtype == np.float16  # the cache's own dtype
         b = engine.import_kv(kv)
         assert engine.num_computed_tokens(b) == ids.size
         assert np.array_equal(engine.export_kv(b), kv) and np.array_equal(engine.export_kv(a), kv)
         assert np.array_equal(engine.decode(a, 42), engine.decode(b, 42))
         with pytest.raises(ValueError, match="does not fit"):
             engine.import_kv(kv[:, :, :, :2])
-        with pytest.raises(ValueError, match="float32"):
-            engine.import_kv(kv.astype(np.float64))
+        with pytest.raises(ValueError, match="not a float dtype"):
+            engine.import_kv(kv.astype(np.int32))
+        c = engine.import_kv(kv.astype(np.float32))  # another float dtype is converted to the cache's
+        try:
+            assert np.array_equal(engine.export_kv(c), kv)
+        finally:
+            engine.remove_sequence(c)
     finally:
         for s in (a, b):
             if s is not None:
