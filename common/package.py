@@ -36,6 +36,7 @@ ENTRY_POINTS: dict[str, list[dict]] = {
     ],
     "decode": [{"name": "input_ids", "shape": [1, 1], "dtype": "int32"}, {"name": "kv", "object": "kv_cache"}],
     "batch_decode": [{"name": "input_ids", "shape": ["batch_size", 1], "dtype": "int32"}, {"name": "kv", "object": "kv_cache"}],
+    "argmax": [{"name": "logits", "shape": ["batch_size", "vocab_size"], "dtype": "float32"}],
     "create_tir_paged_kv_cache": [
         {"name": n, "dtype": "int"}
         for n in ("max_batch_size", "max_total_seq_len", "prefill_chunk_size", "page_size", "support_sliding_window")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 
-from tvm import te
+from tvm import te, topi
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
 from tvm import relax as rx
@@ -152,6 +152,11 @@ class LlamaForCausalLM(nn.Module):
         hidden = self._hidden(input_ids, kv)
         return self._logits(nn.op.reshape(hidden, [-1, self.cfg.hidden_size])), kv
 
+    def argmax(self, logits: nn.Tensor):
+        """Greedy token of each row of ``[batch, vocab]`` logits (``[batch]`` int32), so a greedy step
+        copies one id per sequence out of the VM instead of the vocabulary's logits."""
+        return nn.tensor_expr_op(lambda x: topi.argmax(x, axis=1), "argmax", [logits])
+
     def create_tir_paged_kv_cache(self, max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window):
         """Create the paged KV cache object (called once by the runtime).
 
@@ -202,6 +207,10 @@ class LlamaForCausalLM(nn.Module):
                 },
                 "decode": {"input_ids": nn.spec.Tensor([1, 1], "int32"), "kv": kv, "$": packed},
                 "batch_decode": {"input_ids": nn.spec.Tensor(["batch_size", 1], "int32"), "kv": kv, "$": packed},
+                "argmax": {
+                    "logits": nn.spec.Tensor(["batch_size", self.cfg.vocab_size], "float32"),
+                    "$": {"param_mode": "none", "effect_mode": "none"},
+                },
                 "create_tir_paged_kv_cache": {
                     "max_batch_size": int,
                     "max_total_seq_len": int,

@@ -6,7 +6,7 @@ import tvm
 from tvm import relax
 from tvm.s_tir import dlight as dl
 
-from pdlink.compile.schedule import schedule_matmul_nt
+from pdlink.compile.schedule import schedule_elementwise, schedule_matmul_nt
 from pdlink.common.package import MAX_BATCH_SIZE
 
 
@@ -42,7 +42,7 @@ def build_pipeline(target: tvm.target.Target, prefill_chunk_size: int, tuned: bo
         return tvm.transform.Sequential([annotate, relax.get_default_pipeline(target)])
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    schedules = [dl.ApplyDefaultSchedule(schedule_matmul_nt)] if tuned else []
+    schedules = [dl.ApplyDefaultSchedule(schedule_matmul_nt, schedule_elementwise)] if tuned else []
 
     @tvm.transform.module_pass(opt_level=0)
     def _pipeline(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:

@@ -107,3 +107,45 @@ def _schedule_gemm(sch: s_tir.Schedule, epilogue: list[str]) -> None:
     sch.vectorize(o_inner)
     sch.decompose_reduction(gemm, k)
     sch.vectorize(sch.get_loops(acc)[-1])
+
+
+# Below this many elements a parallel launch costs more than it saves (decode's [1, 1, hidden] ops).
+PARALLEL_MIN_ELEMENTS = 1 << 15
+
+
+@dl.ScheduleRule.from_callable("pdlink_elementwise")
+def schedule_elementwise(func: tirx.PrimFunc, target, _tunable: bool):
+    """Schedule a function of spatial blocks only (fused activations, casts, adds): producers inlined,
+    the outer loops of the output fused and run in parallel, the last loop vectorized. TVM's CPU pipeline
+    leaves such functions as serial scalar loops (prefill's SwiGLU took 9% of a 512-token prefill).
+    None for functions with a reduction or a last loop that does not split into vectors."""
+    if not isinstance(func, tirx.PrimFunc):
+        return None
+    sch = s_tir.Schedule(func)
+    root = sch.get_sblock("root")
+    blocks = sch.get_child_blocks(root)
+    if not blocks or any(not _is_spatial(sch, b) for b in blocks):
+        return None
+    for block in blocks[:-1]:
+        try:
+            sch.compute_inline(block)
+        except Exception:  # noqa: BLE001 - a producer that cannot be inlined: leave the function as it is
+            return None
+    loops = sch.get_loops(blocks[-1])
+    inner = sch.get(loops[-1]).extent
+    if not isinstance(inner, tirx.IntImm) or inner.value % LANES:
+        return None
+    extent = 1
+    for loop in loops:
+        e = sch.get(loop).extent
+        extent = extent * e.value if isinstance(e, tirx.IntImm) and extent is not None else None
+    outer, lanes = sch.split(loops[-1], [None, LANES])
+    sch.vectorize(lanes)
+    spatial = [*loops[:-1], outer]
+    if extent is None or extent >= PARALLEL_MIN_ELEMENTS:
+        sch.parallel(sch.fuse(*spatial) if len(spatial) > 1 else spatial[0])
+    return sch
+
+
+def _is_spatial(sch: s_tir.Schedule, block) -> bool:
+    return all(iv.iter_type == tirx.IterVar.DataPar for iv in sch.get(block).iter_vars)

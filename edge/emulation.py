@@ -58,7 +58,12 @@ class EmulatedDevice:
         target = self.profile.decode_time_s(context)
         return self._timed(lambda: self.engine.decode(seq_id, token_id), target)
 
-    def _timed(self, step, target_s: float) -> np.ndarray:
+    def decode_greedy(self, seq_id: int, token_id: int) -> int:
+        context = self.engine.num_computed_tokens(seq_id)
+        target = self.profile.decode_time_s(context)
+        return self._timed(lambda: self.engine.decode_greedy(seq_id, token_id), target)
+
+    def _timed(self, step, target_s: float):
         t0 = time.perf_counter()
         logits = step()
         spent = time.perf_counter() - t0

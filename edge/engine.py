@@ -93,7 +93,7 @@ class Engine:
         self.context_window = min(cfg.context_window or model_window, model_window)
         package_chunk = int(self.manifest.kv_cache["prefill_chunk_size"])
         self.prefill_chunk_size = min(cfg.prefill_chunk_size or package_chunk, package_chunk)
-        self._f = {name: self.vm[name] for name in ("prefill", "decode", "batch_decode", "batch_prefill")}
+        self._f = {name: self.vm[name] for name in ("prefill", "decode", "batch_decode", "batch_prefill", "argmax")}
         self._kv_fn = {
             name: tvm.get_global_func(f"vm.builtin.kv_state_{name}")
             for name in ("add_sequence", "remove_sequence", "fork_sequence", "popn", "begin_forward", "end_forward")
@@ -231,6 +231,10 @@ class Engine:
     # ------------------------------------------------------------------ compute
 
     def _forward(self, fn: str, seq_ids: list[int], lengths: list[int], *inputs) -> np.ndarray:
+        return self._run(fn, seq_ids, lengths, *inputs).numpy()
+
+    def _run(self, fn: str, seq_ids: list[int], lengths: list[int], *inputs):
+        """Call entry point ``fn`` for the sequences; its logits as the VM's tensor."""
         if threading.get_ident() not in self._pool_threads:
             # TVM keeps one thread pool per calling thread: a pool never sized falls back to half the
             # cores on x86, so a server's model worker thread ran prefill on 1 of 2 threads.
@@ -245,7 +249,7 @@ class Engine:
             self._kv_fn["end_forward"](self.kv)
         for seq_id, n in zip(seq_ids, lengths):
             self._lengths[seq_id] += n
-        return logits.numpy()
+        return logits
 
     def prefill(self, seq_id: int, token_ids, chunk_size: int | None = None) -> np.ndarray:
         """Append ``token_ids`` to a sequence in chunks; logits after the last one (``[vocab]``).
@@ -271,10 +275,17 @@ class Engine:
 
     def decode(self, seq_id: int, token_id: int) -> np.ndarray:
         """Append one token; logits for the next (``[vocab]``)."""
+        return self._decode_one(seq_id, token_id).numpy()[0]
+
+    def decode_greedy(self, seq_id: int, token_id: int) -> int:
+        """:meth:`decode`, then the greedy next token picked inside the package (only its id leaves the VM)."""
+        return int(self._f["argmax"](self._decode_one(seq_id, token_id)).numpy()[0])
+
+    def _decode_one(self, seq_id: int, token_id: int):
         self._require(seq_id)
         ids = self._check_ids([token_id])
         self._check_room(seq_id, 1)
-        return self._forward("decode", [seq_id], [1], ids.reshape(1, 1))[0]
+        return self._run("decode", [seq_id], [1], ids.reshape(1, 1))
 
     def batch_decode(self, seq_ids: list[int], token_ids: list[int]) -> np.ndarray:
         """One token for each of several sequences; logits ``[len(seq_ids), vocab]``."""

@@ -136,8 +136,11 @@ class SessionRun:
         """On the engine thread: run one step, sample the next token from its logits."""
         t0 = time.perf_counter()
         dev = self.s.device
-        logits = dev.decode(self.seq, step.token_ids[0]) if step.decode else dev.prefill(self.seq, list(step.token_ids))
-        token = self.sampler.sample(logits)
+        if step.decode and self.sampler.params.greedy:
+            token = dev.decode_greedy(self.seq, step.token_ids[0])  # only the id leaves the package
+        else:
+            logits = dev.decode(self.seq, step.token_ids[0]) if step.decode else dev.prefill(self.seq, list(step.token_ids))
+            token = self.sampler.sample(logits)
         self.compute_s += time.perf_counter() - t0
         return started_s, len(step.token_ids), token
 

@@ -41,6 +41,16 @@ def test_chunked_prefill_equals_one_shot(engine, ids):
     assert int(whole.argmax()) == int(chunked.argmax())
 
 
+def test_greedy_decode_inside_the_package_equals_the_argmax_of_the_logits(engine, ids):
+    a, la = _prefill(engine, ids)
+    b, _ = _prefill(engine, ids)
+    ta = tb = int(la.argmax())
+    for _ in range(8):
+        ta, tb = int(engine.decode(a, ta).argmax()), engine.decode_greedy(b, tb)
+        assert isinstance(tb, int) and ta == tb
+    assert engine.num_computed_tokens(a) == engine.num_computed_tokens(b) == len(ids) + 8
+
+
 def test_tokens_from_elsewhere_append_as_prefill(engine, ids):
     """Greedy tokens received from the cloud, appended as one prefill, give the same next token."""
     reply = device_answer(engine, ids, 12, ignore_eos=True).token_ids

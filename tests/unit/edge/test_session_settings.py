@@ -83,6 +83,9 @@ class FakeEngine:
     def decode(self, seq_id, token):
         return self.prefill(seq_id, [token])
 
+    def decode_greedy(self, seq_id, token):
+        return int(self.decode(seq_id, token).argmax())
+
 
 def test_emulated_device_waits_out_the_profile_time_and_counts_slower_host_steps():
     slow = DeviceProfile(name="slow", prefill_tok_s=100.0, decode_s_per_token=0.02)
@@ -121,3 +124,10 @@ def test_refinement_is_chosen_only_when_asked_and_it_pays():
     assert barely.refine_keep_ratio == 0.0 and barely.k == off.k
     with pytest.raises(ValueError, match="refine"):
         decide_settings(400, 256, PHONE, slow_cloud, refine="sometimes")
+
+
+def test_emulated_greedy_decode_takes_the_profile_time_too():
+    dev = EmulatedDevice(FakeEngine(0.0), DeviceProfile(name="slow", prefill_tok_s=100.0, decode_s_per_token=0.03))
+    t0 = time.perf_counter()
+    assert dev.decode_greedy(0, 1) == 0
+    assert time.perf_counter() - t0 >= 0.03 and dev.steps == 1 and dev.engine.computed == 1

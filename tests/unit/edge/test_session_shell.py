@@ -77,6 +77,9 @@ class FakeEngine:
     def decode(self, seq: int, token: int) -> np.ndarray:
         return self.prefill(seq, [token])
 
+    def decode_greedy(self, seq: int, token: int) -> int:
+        return int(self.decode(seq, token).argmax())
+
 
 @pytest.fixture(scope="module")
 def cloud_url():
