@@ -1,22 +1,26 @@
-"""Loading TVM for running packages: the runtime library only, and without torch.
+"""Loading TVM for running packages: ``tvm_ffi`` and the runtime library only, without torch.
 
 ``import tvm`` in a fresh process loads the whole compiler (``libtvm_compiler.so``, ~250 MB of
 code and data) and, through ``tvm_ffi``, imports torch when it is installed: together ~480 MB of
-resident memory that running a compiled package never uses. The engine needs only
-``libtvm_runtime`` (module loading, the Relax VM, the paged KV cache builtins).
+resident memory that running a compiled package never uses. Even with the runtime library alone,
+the ``tvm`` Python package imports ~200 modules (~35 MiB). The engine needs only ``libtvm_runtime``
+(module loading, the Relax VM, the paged KV cache builtins), reached through ``tvm_ffi``:
+:class:`Runtime` is those few calls.
 
-A process that will also compile (the test suite, ``pdlink compile``) must import the full TVM
-before the first engine is created; :func:`require_compiler` says so when it did not.
+A process that will also compile (the test suite, ``pdlink compile``) may import the full TVM before or
+after the first engine: both load the same ``libtvm_runtime``.
 """
 
 from __future__ import annotations
 
+import ctypes
 import importlib.abc
+import importlib.util
 import os
 import sys
 from contextlib import contextmanager
 
-_RUNTIME_ONLY_ENV = "TVM_USE_RUNTIME_LIB"
+import numpy as np
 
 
 class _HideModule(importlib.abc.MetaPathFinder):
@@ -44,37 +48,69 @@ def _hidden(name: str):
         sys.meta_path.remove(finder)
 
 
-@contextmanager
-def _env(key: str, value: str):
-    old = os.environ.get(key)
-    os.environ[key] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = old
+class Runtime:
+    """The runtime calls an engine makes: load a library, run its VM, make and read tensors (CPU)."""
+
+    CPU = 1  # DLPack's kDLCPU
+    POOLED_ALLOCATOR = 2  # the VM reuses freed buffers (tvm.runtime.vm.VirtualMachine's default)
+
+    def __init__(self):
+        with _hidden("torch"):
+            import tvm_ffi
+        if "tvm" not in sys.modules:
+            _load_runtime_library()
+        self.ffi = tvm_ffi
+        self.device = tvm_ffi.device("cpu", 0)
+        self._alloc = tvm_ffi.get_global_func("runtime.TVMTensorAllocWithScope")
+
+    def get_global_func(self, name: str):
+        return self.ffi.get_global_func(name)
+
+    def virtual_machine(self, library: str):
+        """The Relax VM of a compiled library (``model.so``), on the CPU with pooled memory."""
+        vm = self.ffi.load_module(library)["vm_load_executable"]()
+        vm["vm_initialization"](self.CPU, 0, self.POOLED_ALLOCATOR)
+        return vm
+
+    def shape(self, values) -> object:
+        return self.ffi.Shape([int(v) for v in values])
+
+    def empty(self, shape, dtype: str):
+        """An uninitialised tensor in the runtime's own (aligned) memory."""
+        return self._alloc(self.shape(shape), self.ffi.dtype(str(np.dtype(dtype))), self.device, None)
+
+    def tensor(self, array: np.ndarray):
+        """A runtime tensor holding a copy of ``array``."""
+        array = np.ascontiguousarray(array)
+        out = self.empty(array.shape, array.dtype)
+        np.from_dlpack(out)[...] = array
+        return out
+
+    @staticmethod
+    def numpy(tensor) -> np.ndarray:
+        """A numpy copy of a runtime tensor (the VM reuses its outputs' memory on the next call)."""
+        return np.array(np.from_dlpack(tensor), copy=True)
 
 
-def load_tvm():
-    """The ``tvm`` module for running packages.
-
-    Returns the already imported TVM when there is one (a compiling process); otherwise imports
-    TVM with only its runtime library and with torch hidden from ``tvm_ffi``.
-    """
-    if "tvm" in sys.modules:
-        return sys.modules["tvm"]
-    with _env(_RUNTIME_ONLY_ENV, "1"), _hidden("torch"):
-        import tvm
-    return tvm
+def _load_runtime_library() -> None:
+    """``libtvm_runtime`` from the installed ``apache-tvm``, loaded globally as ``tvm.base`` loads it, so a
+    later ``import tvm`` (a compiling process) finds the same library."""
+    spec = importlib.util.find_spec("tvm")
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    for folder in folders:
+        path = os.path.join(folder, "lib", "libtvm_runtime.so")
+        if os.path.exists(path):
+            ctypes.CDLL(path, ctypes.RTLD_GLOBAL)
+            return
+    raise RuntimeError(f"libtvm_runtime.so not found under {folders or 'an installed tvm package'}; "
+                       "install apache-tvm (make setup)")
 
 
 def require_compiler() -> None:
-    """Raise RuntimeError when this process loaded TVM's runtime only (an engine came first)."""
+    """Raise RuntimeError when this process imported TVM with its runtime library only."""
     tvm = sys.modules.get("tvm")
     if tvm is not None and getattr(tvm.base, "_RUNTIME_ONLY", False):
         raise RuntimeError(
-            "this process loaded TVM's runtime only (an Engine was created before compiling); "
-            "import pdlink.compile before creating an Engine, or compile in another process"
+            "this process imported TVM with its runtime library only (TVM_USE_RUNTIME_LIB=1); "
+            "compile in another process, or unset TVM_USE_RUNTIME_LIB"
         )

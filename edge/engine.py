@@ -18,8 +18,9 @@ import numpy as np
 from pdlink.common.package import ENTRY_POINTS, KV_IO, MAX_BATCH_SIZE, Manifest, PackageError, check_runnable_here, load_manifest
 from pdlink.edge.kv_io import KVExchange
 from pdlink.edge.params_file import ParamsFileError, load_params
+from pdlink.common.heap import release_free_heap
 from pdlink.common.tokenizer import Tokenizer
-from pdlink.common.tvm_runtime import load_tvm
+from pdlink.common.tvm_runtime import Runtime
 
 
 SMALL_BATCH = 8  # this many rows or fewer run as single-row decodes (see prefill and batch_decode)
@@ -63,46 +64,47 @@ class EngineConfig:
             raise ValueError(f"max_num_sequences must be between 1 and {MAX_BATCH_SIZE}")
 
 
-def _configure_thread_pool(tvm, num_threads: int) -> None:
+def _configure_thread_pool(rt: Runtime, num_threads: int) -> None:
     """Size TVM's pool. Mode -3 lets every worker float over the allowed cores: the other modes pin
     the calling thread to one core, and threads it starts later (torch's, asyncio's) inherit that."""
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
-    tvm.get_global_func("runtime.config_threadpool")(-3, num_threads, [str(c) for c in cores])
+    rt.get_global_func("runtime.config_threadpool")(-3, num_threads, [str(c) for c in cores])
 
 
 class Engine:
     """A loaded package: ``prefill``/``decode`` over sequences in one paged KV cache."""
 
     def __init__(self, cfg: EngineConfig):
-        tvm = load_tvm()
-        from tvm.runtime.vm import VirtualMachine
-
+        rt = Runtime()
         self.cfg = cfg
         root = Path(cfg.package)
         self.manifest: Manifest = load_manifest(root, verify_hashes=cfg.verify_hashes)
         check_runnable_here(self.manifest.target)
         self.model_config = self.manifest.config
         self.num_threads = cfg.num_threads or default_num_threads()
-        _configure_thread_pool(tvm, self.num_threads)
-        self._tvm, self._dev = tvm, tvm.cpu()
-        self.vm = VirtualMachine(tvm.runtime.load_module(str(root / self.manifest.library)), self._dev)
+        _configure_thread_pool(rt, self.num_threads)
+        self._rt = rt
+        self.vm = rt.virtual_machine(str(root / self.manifest.library))
         self._check_entry_points()
-        self.params = self._load_params(root)
+        # The tokenizer first: parsing its file leaves ~17 MiB of freed heap that is handed back before the
+        # weights arrive, so the process's peak stays at what it keeps.
         self.tokenizer = Tokenizer(root / self.manifest.tokenizer["file"], self.manifest.tokenizer)
+        release_free_heap()
+        self.params = self._load_params(root)
         model_window = self.model_config.context_window_size
         self.context_window = min(cfg.context_window or model_window, model_window)
         package_chunk = int(self.manifest.kv_cache["prefill_chunk_size"])
         self.prefill_chunk_size = min(cfg.prefill_chunk_size or package_chunk, package_chunk)
         self._f = {name: self.vm[name] for name in ("prefill", "decode", "batch_decode", "batch_prefill", "argmax")}
         self._kv_fn = {
-            name: tvm.get_global_func(f"vm.builtin.kv_state_{name}")
+            name: rt.get_global_func(f"vm.builtin.kv_state_{name}")
             for name in ("add_sequence", "remove_sequence", "fork_sequence", "popn", "begin_forward", "end_forward")
         }
         self.kv = self.vm["create_tir_paged_kv_cache"](
-            *(tvm.runtime.ShapeTuple([v]) for v in self._kv_cache_args())
+            *(rt.shape([v]) for v in self._kv_cache_args())
         )
         cfg_m = self.model_config
-        self._kv_io = KVExchange(tvm, self._dev, cfg_m.num_hidden_layers, cfg_m.num_key_value_heads, cfg_m.head_dim,
+        self._kv_io = KVExchange(rt, cfg_m.num_hidden_layers, cfg_m.num_key_value_heads, cfg_m.head_dim,
                                  dtype=self.manifest.kv_cache.get("dtype", "float32"))
         self._lengths: dict[int, int] = {}
         self._next_id = 0
@@ -127,7 +129,7 @@ class Engine:
 
     def _load_params(self, root: Path) -> list:
         try:
-            return load_params(root / self.manifest.params_file, self.manifest.param_names, self._tvm, self._dev)
+            return load_params(root / self.manifest.params_file, self.manifest.param_names, self._rt)
         except ParamsFileError as exc:
             raise PackageError(f"{exc}; the package is corrupt") from exc
 
@@ -185,7 +187,7 @@ class Engine:
         data = self._kv_io.check(data, self.context_window)
         seq_id = self.add_sequence()
         try:
-            st = self._tvm.runtime.ShapeTuple
+            st = self._rt.shape
             for start in range(0, data.shape[2], self.prefill_chunk_size):  # reserve the pages, chunk by chunk
                 n = min(self.prefill_chunk_size, data.shape[2] - start)
                 self._kv_fn["begin_forward"](self.kv, st([seq_id]), st([n]))
@@ -231,19 +233,19 @@ class Engine:
     # ------------------------------------------------------------------ compute
 
     def _forward(self, fn: str, seq_ids: list[int], lengths: list[int], *inputs) -> np.ndarray:
-        return self._run(fn, seq_ids, lengths, *inputs).numpy()
+        return self._rt.numpy(self._run(fn, seq_ids, lengths, *inputs))
 
     def _run(self, fn: str, seq_ids: list[int], lengths: list[int], *inputs):
         """Call entry point ``fn`` for the sequences; its logits as the VM's tensor."""
         if threading.get_ident() not in self._pool_threads:
             # TVM keeps one thread pool per calling thread: a pool never sized falls back to half the
             # cores on x86, so a server's model worker thread ran prefill on 1 of 2 threads.
-            _configure_thread_pool(self._tvm, self.num_threads)
+            _configure_thread_pool(self._rt, self.num_threads)
             self._pool_threads.add(threading.get_ident())
-        st = self._tvm.runtime.ShapeTuple
+        st = self._rt.shape
         self._kv_fn["begin_forward"](self.kv, st(seq_ids), st(lengths))
         try:
-            args = [self._tvm.runtime.tensor(x, self._dev) for x in inputs]
+            args = [self._rt.tensor(x) for x in inputs]
             logits, self.kv = self._f[fn](*args, self.kv, self.params)
         finally:
             self._kv_fn["end_forward"](self.kv)
@@ -275,11 +277,11 @@ class Engine:
 
     def decode(self, seq_id: int, token_id: int) -> np.ndarray:
         """Append one token; logits for the next (``[vocab]``)."""
-        return self._decode_one(seq_id, token_id).numpy()[0]
+        return self._rt.numpy(self._decode_one(seq_id, token_id))[0]
 
     def decode_greedy(self, seq_id: int, token_id: int) -> int:
         """:meth:`decode`, then the greedy next token picked inside the package (only its id leaves the VM)."""
-        return int(self._f["argmax"](self._decode_one(seq_id, token_id)).numpy()[0])
+        return int(self._rt.numpy(self._f["argmax"](self._decode_one(seq_id, token_id)))[0])
 
     def _decode_one(self, seq_id: int, token_id: int):
         self._require(seq_id)

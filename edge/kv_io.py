@@ -18,10 +18,10 @@ import numpy as np
 class KVExchange:
     """The exchange for one engine's cache; the engine calls it (not thread-safe, like the engine)."""
 
-    def __init__(self, tvm, dev, num_layers: int, num_kv_heads: int, head_dim: int, dtype: str = "float32"):
-        self._tvm, self._dev = tvm, dev
+    def __init__(self, rt, num_layers: int, num_kv_heads: int, head_dim: int, dtype: str = "float32"):
+        self._rt = rt
         self.dtype = np.dtype(dtype)
-        self._swap = tvm.get_global_func("vm.builtin.attention_kv_cache_debug_get_kv")
+        self._swap = rt.get_global_func("vm.builtin.attention_kv_cache_debug_get_kv")
         self.row_shape = (num_kv_heads, head_dim)
         self.num_layers = num_layers
 
@@ -31,19 +31,19 @@ class KVExchange:
     def read(self, kv, seq_id: int, num_tokens: int) -> np.ndarray:
         """A copy of the sequence's ``num_tokens`` rows; the cache is unchanged afterwards."""
         half = (self.num_layers, num_tokens, *self.row_shape)
-        k = self._tvm.runtime.tensor(np.zeros(half, self.dtype), self._dev)
-        v = self._tvm.runtime.tensor(np.zeros(half, self.dtype), self._dev)
+        k = self._rt.tensor(np.zeros(half, self.dtype))
+        v = self._rt.tensor(np.zeros(half, self.dtype))
         self._swap(kv, seq_id, 0, num_tokens, k, v)
         try:
-            out = np.stack([k.numpy(), v.numpy()], axis=1)
+            out = np.stack([np.from_dlpack(k), np.from_dlpack(v)], axis=1)
         finally:
             self._swap(kv, seq_id, 0, num_tokens, k, v)  # put the rows back
         return out
 
     def write(self, kv, seq_id: int, data: np.ndarray) -> None:
         """Put ``data`` into the rows of ``seq_id``, whose pages hold exactly ``data.shape[2]`` tokens."""
-        k = self._tvm.runtime.tensor(np.ascontiguousarray(data[:, 0]), self._dev)
-        v = self._tvm.runtime.tensor(np.ascontiguousarray(data[:, 1]), self._dev)
+        k = self._rt.tensor(data[:, 0])
+        v = self._rt.tensor(data[:, 1])
         self._swap(kv, seq_id, 0, data.shape[2], k, v)
 
     def check(self, data: np.ndarray, context_window: int) -> np.ndarray:

@@ -27,24 +27,24 @@ def _header(f) -> tuple[dict, int]:
     return header, 8 + size
 
 
-def load_params(path: str | Path, names: list[str], tvm, device) -> list:
-    """Runtime tensors of ``names``, in order. Raises ParamsFileError for a missing name, an
+def load_params(path: str | Path, names: list[str], rt) -> list:
+    """Runtime tensors of ``names``, in order (``rt``: :class:`pdlink.common.tvm_runtime.Runtime`). Raises ParamsFileError for a missing name, an
     unknown dtype, or a tensor whose byte range does not match its shape."""
     with open(path, "rb") as f:
         header, data_start = _header(f)
         missing = [n for n in names if n not in header]
         if missing:
             raise ParamsFileError(f"params file lacks {missing[:3]}")
-        return [_read_tensor(f, data_start, header[n], n, tvm, device) for n in names]
+        return [_read_tensor(f, data_start, header[n], n, rt) for n in names]
 
 
-def _read_tensor(f, data_start: int, info: dict, name: str, tvm, device):
+def _read_tensor(f, data_start: int, info: dict, name: str, rt):
     dtype = _DTYPES.get(info["dtype"])
     if dtype is None:
         raise ParamsFileError(f"tensor {name} has unsupported dtype {info['dtype']}")
     begin, end = info["data_offsets"]
     shape = tuple(info["shape"])
-    tensor = tvm.runtime.empty(shape, dtype, device)
+    tensor = rt.empty(shape, dtype)
     view = np.from_dlpack(tensor).reshape(-1).view(np.uint8)
     if view.size != end - begin:
         raise ParamsFileError(f"tensor {name}: {end - begin} bytes in the file, {view.size} expected")

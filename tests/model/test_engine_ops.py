@@ -155,3 +155,26 @@ def test_chat_reuses_the_cache_and_answers_like_a_fresh_prompt(engine):
     fresh_ids = tok.encode(tok.apply_chat_template(chat.messages[:-1], add_generation_prompt=True))
     assert 0 < second.cached_prompt_tokens < len(fresh_ids) == second.prompt_tokens  # only the new turn was prefilled
     assert device_answer(engine, fresh_ids, 16).token_ids == second.token_ids
+
+
+ENGINE_ALONE = """
+import json, sys
+from pdlink.edge.engine import Engine, EngineConfig
+engine = Engine(EngineConfig(package=sys.argv[1], num_threads=1, context_window=64))
+seq = engine.add_sequence()
+token = int(engine.prefill(seq, engine.tokenizer.encode("The sky is")).argmax())
+print(json.dumps({"token": engine.decode_greedy(seq, token), "modules": sorted(sys.modules)}))
+"""
+
+
+def test_an_engine_runs_on_tvm_ffi_and_the_runtime_library_without_the_tvm_python_package(q4_1_package):
+    """``import tvm`` costs ~35 MiB of modules even with the runtime library alone; the engine needs none."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", ENGINE_ALONE, str(q4_1_package)], capture_output=True, text=True,
+                          timeout=120, check=True)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert isinstance(out["token"], int)
+    assert "tvm_ffi" in out["modules"] and not [m for m in out["modules"] if m == "tvm" or m.startswith(("tvm.", "torch"))]
