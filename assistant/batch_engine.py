@@ -75,6 +75,10 @@ class BatchingEngine:
         """Append one token; waits for the batch it runs in; logits for the next token."""
         return self._submit(Work(DECODE, seq_id, (int(token_id),)))
 
+    def decode_greedy(self, seq_id: int, token_id: int) -> int:
+        """:meth:`decode` in the shared batch, then the greedy token (the batch's logits are already copied out)."""
+        return int(np.argmax(self.decode(seq_id, token_id)))
+
     def prefill(self, seq_id: int, token_ids) -> np.ndarray:
         """Append tokens in chunks of ``prefill_chunk``, each run alone between decode batches (so another
         request's stream waits at most one chunk); logits after the last token."""

@@ -66,8 +66,8 @@ def test_concurrent_decodes_of_several_threads_meet_in_one_batch_and_stay_correc
         logits = engine.prefill(seqs[i], prompts[i])
         prefilled.wait()  # the held decode step must not hold up a prefill
         out = [int(logits.argmax())]
-        for _ in range(5):
-            out.append(int(engine.decode(seqs[i], out[-1]).argmax()))
+        for _ in range(5):  # greedy decodes (the session's path for temperature 0) batch like the others
+            out.append(engine.decode_greedy(seqs[i], out[-1]) if i % 2 else int(engine.decode(seqs[i], out[-1]).argmax()))
         answers[i] = out
 
     threads = [threading.Thread(target=run, args=(i,)) for i in prompts]
@@ -84,6 +84,7 @@ def test_concurrent_decodes_of_several_threads_meet_in_one_batch_and_stay_correc
     engine.close()
     assert answers == {i: continuation(prompts[i], 6) for i in prompts}
     assert fake.batches[1] >= len(prompts) - fake.batches[0], fake.batches  # the waiting decodes ran as one batch
+    assert sum(fake.batches) == 5 * len(prompts)  # every decode, greedy or not, ran in a batch on the model thread
 
 
 def test_calls_after_close_fail_with_a_clear_error():
