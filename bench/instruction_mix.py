@@ -24,12 +24,14 @@ _FUNCTION = re.compile(r"^(?P<addr>[0-9a-f]+) <(?P<name>[^>]+)>:$")
 _INSTRUCTION = re.compile(r"^\s*(?P<addr>[0-9a-f]+):\s+(?P<mnemonic>[a-z][a-z0-9.]*)\s*(?P<operands>.*)$")
 _RELOCATION = re.compile(r"^\s*(?P<addr>[0-9a-f]+):\s+R_AARCH64_\w+\s+\.text(\+0x(?P<offset>[0-9a-f]+))?\s*$")
 _BRANCH = re.compile(r"^(?P<target>[0-9a-f]+) <")
+_TAIL_CALL = re.compile(r"^(?P<target>[0-9a-f]+) <[^+>]+>$")  # ``b`` to another function's first instruction
 _VECTOR_REG = re.compile(r"\bv\d+\.\d*[bhsd]\b")
 _SCALAR_FP_REG = re.compile(r"\b[sdh]\d+\b")
 FP_ARITHMETIC = ("fmla", "fmls", "fmadd", "fmsub", "fnmadd", "fnmsub", "fmul", "fadd", "fsub", "fdiv", "fmax", "fmin")
 
 
 KERNEL_PREFIX = "__tvm_ffi_"  # a compiled PrimFunc's exported entry point
+COMPUTE_SUFFIX = "_compute_"  # the body TVM splits out of an entry point
 
 
 class DisassemblerMissing(RuntimeError):
@@ -65,7 +67,7 @@ def parse_disassembly(text: str) -> dict[str, Counter]:
 
     TVM's parallel bodies and per-kernel compute functions are private (no symbol): objdump lists their
     code under whichever symbol precedes it. Code is therefore split at every entry point (a symbol, a
-    ``.text`` relocation such as the function pointer passed to the thread pool, a direct call), and
+    ``.text`` relocation such as the function pointer passed to the thread pool, a direct or tail call), and
     each named function is credited with the unnamed code it reaches."""
     symbols, code, refs = {}, [], []  # refs: (from address, to address)
     for line in text.splitlines():
@@ -76,7 +78,8 @@ def parse_disassembly(text: str) -> dict[str, Counter]:
         elif (m := _INSTRUCTION.match(line)) is not None:
             addr = int(m["addr"], 16)
             code.append((addr, m["mnemonic"], m["operands"]))
-            if m["mnemonic"] == "bl" and (b := _BRANCH.match(m["operands"])) is not None:
+            call = _BRANCH if m["mnemonic"] == "bl" else _TAIL_CALL if m["mnemonic"] == "b" else None
+            if call is not None and (b := call.match(m["operands"].strip())) is not None:
                 refs.append((addr, int(b["target"], 16)))
     entries = sorted(set(symbols) | {to for _, to in refs})
     region = lambda addr: entries[bisect.bisect_right(entries, addr) - 1] if addr >= entries[0] else None  # noqa: E731
@@ -99,7 +102,9 @@ def _reachable_counts(start: int, symbols: dict, edges: dict, counts: dict) -> C
         node = todo.pop()
         total.update(counts.get(node, Counter()))
         for nxt in edges.get(node, ()):
-            if nxt not in seen and nxt not in symbols:  # named functions are counted on their own
+            # named functions are counted on their own, except a kernel's compute function (``<kernel>_compute_``,
+            # which TVM emits as a named, not-inlined function when every kernel declares its buffers distinct)
+            if nxt not in seen and (nxt not in symbols or symbols[nxt].endswith(COMPUTE_SUFFIX)):
                 seen.add(nxt)
                 todo.append(nxt)
     return total

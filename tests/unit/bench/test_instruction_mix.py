@@ -49,3 +49,21 @@ def test_counts_per_function():
     assert mix["vector_fp"] == 1 and mix["scalar_fp"] == 1 and mix["top"]["fmla"] == 3
     loop = summarize(functions["scalar_loop"])
     assert loop["scalar_fp"] == 1 and loop["dot_product"] == 1 and loop["vector_fma"] == 0
+
+
+TAIL_CALL = """
+0000000000000000 <__tvm_ffi_linear4>:
+       0:	cbz	x1, 8 <__tvm_ffi_linear4+0x8>
+       4:	b	10 <linear4_compute_>
+       8:	b	0 <__tvm_ffi_linear4>
+
+0000000000000010 <linear4_compute_>:
+      10:	ucvtf	v16.4s, v16.4s
+      14:	fmla	v28.4s, v4.4s, v21.4s
+      18:	ret
+"""
+
+
+def test_a_kernels_compute_function_reached_by_a_tail_call_is_credited_to_the_kernel():
+    mix = summarize(parse_disassembly(TAIL_CALL)["__tvm_ffi_linear4"])
+    assert mix["vector_fma"] == 1 and mix["vector_convert"] == 1 and mix["instructions"] == 6
