@@ -54,14 +54,13 @@ class EmulatedDevice:
         return self._timed(lambda: self.engine.prefill(seq_id, token_ids), target)
 
     def decode(self, seq_id: int, token_id: int) -> np.ndarray:
-        context = self.engine.num_computed_tokens(seq_id)
-        target = self.profile.decode_time_s(context)
-        return self._timed(lambda: self.engine.decode(seq_id, token_id), target)
+        return self._timed_decode(seq_id, lambda: self.engine.decode(seq_id, token_id))
 
     def decode_greedy(self, seq_id: int, token_id: int) -> int:
-        context = self.engine.num_computed_tokens(seq_id)
-        target = self.profile.decode_time_s(context)
-        return self._timed(lambda: self.engine.decode_greedy(seq_id, token_id), target)
+        return self._timed_decode(seq_id, lambda: self.engine.decode_greedy(seq_id, token_id))
+
+    def _timed_decode(self, seq_id: int, step):
+        return self._timed(step, self.profile.decode_time_s(self.engine.num_computed_tokens(seq_id)))
 
     def _timed(self, step, target_s: float):
         t0 = time.perf_counter()

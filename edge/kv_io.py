@@ -31,8 +31,8 @@ class KVExchange:
     def read(self, kv, seq_id: int, num_tokens: int) -> np.ndarray:
         """A copy of the sequence's ``num_tokens`` rows; the cache is unchanged afterwards."""
         half = (self.num_layers, num_tokens, *self.row_shape)
-        k = self._rt.tensor(np.zeros(half, self.dtype))
-        v = self._rt.tensor(np.zeros(half, self.dtype))
+        k = self._rt.empty(half, self.dtype)  # staging: swapped in and back out, so never read uninitialised
+        v = self._rt.empty(half, self.dtype)
         self._swap(kv, seq_id, 0, num_tokens, k, v)
         try:
             out = np.stack([np.from_dlpack(k), np.from_dlpack(v)], axis=1)

@@ -28,8 +28,8 @@ def _header(f) -> tuple[dict, int]:
 
 
 def load_params(path: str | Path, names: list[str], rt) -> list:
-    """Runtime tensors of ``names``, in order (``rt``: :class:`pdlink.common.tvm_runtime.Runtime`). Raises ParamsFileError for a missing name, an
-    unknown dtype, or a tensor whose byte range does not match its shape."""
+    """Runtime tensors of ``names``, in order (``rt``: :class:`pdlink.common.tvm_runtime.Runtime`). Raises
+    ParamsFileError for a missing name, an unknown dtype, or a tensor whose byte range does not match its shape."""
     with open(path, "rb") as f:
         header, data_start = _header(f)
         missing = [n for n in names if n not in header]
