@@ -19,6 +19,7 @@ from pdlink.common.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
     from pdlink.cloud.kv.snapshot import KVSnapshot
+    from pdlink.common.protocol_messages import Numerics
 
 BACKEND_DEVICES = ("cpu", "cuda", "npu")
 
@@ -65,6 +66,7 @@ class Backend(ABC):
         in the order of ``seq_ids``. Raises ``ValueError`` as ``prefill`` does."""
 
     supports_refinement: bool = False  # True: ``track_attention`` and ``prompt_importance`` work
+    numerics: "Numerics | None" = None  # the numbers this backend computes (``Welcome.numerics``)
 
     def track_attention(self, seq_id: int, window: int) -> None:
         """Keep what ``prompt_importance`` needs for ``seq_id`` (call before its prefill). Backends that

@@ -13,6 +13,7 @@ import numpy as np
 
 from pdlink.cloud.backend import Backend, BackendError
 from pdlink.cloud.kv.snapshot import KVSnapshot
+from pdlink.common.numerics import package_numerics
 
 
 class PackageBackend(Backend):
@@ -42,6 +43,7 @@ class PackageBackend(Backend):
         self.eos_token_ids = tuple(sorted(end_of_turn_ids(engine.model_config.eos_token_ids, self.tokenizer)))
         self.info = {"backend": "package", "device": "cpu", "threads": engine.num_threads, "package": str(package),
                      "quantization": engine.manifest.quantization, "target": engine.manifest.target.preset}
+        self.numerics = package_numerics(engine.manifest)
         self._tokens: dict[int, list[int]] = {}  # what each sequence's cache holds (for export_kv)
 
     @property

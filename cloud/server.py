@@ -120,7 +120,8 @@ class CloudServer:
         protocol = ServerConnection(cfg.limits(), cfg.auth_token, cfg.model_id, self.tokenizer.hash,
                                     self.backend.vocab_size, server=f"pdlink-cloud ({info.get('backend')} on "
                                     f"{info.get('device')}, {info.get('threads')} threads)",
-                                    features=["refine"] if self.backend.supports_refinement else [])
+                                    features=["refine"] if self.backend.supports_refinement else [],
+                                    numerics=self.backend.numerics)
         connection = Connection(next(self._ids), ws, protocol, self)
         self._connections[connection.id] = connection
         self.metrics.connections.inc()

@@ -22,6 +22,7 @@ from pdlink.cloud.backend import Backend, BackendError
 from pdlink.cloud.kv.snapshot import KVSnapshot
 from pdlink.cloud.kv.torch_layout import array_to_layers, layers_to_array
 from pdlink.common.models import cache_root
+from pdlink.common.protocol_messages import Numerics
 from pdlink.common.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,8 @@ class TorchBackend(Backend):
         self.info = {"backend": "torch", "device": device, "threads": torch.get_num_threads(),
                      "torch": torch.__version__, "model": str(model), "dtype": "float32",
                      "attn_implementation": getattr(net.config, "_attn_implementation", None)}
+        self.numerics = Numerics(checkpoint=ckpt.name, weights="f32", kv_dtype="float32", compute="float32",
+                                 backend="torch")
         self._scorer = AttentionScorer(self.model, torch)
         self._seqs: dict[int, _Seq] = {}
         self._batch: _DecodeBatch | None = None

@@ -19,7 +19,7 @@ from .protocol_codec import ClientMessage, ServerMessage, decode_client, decode_
 from .protocol_messages import (
     CHAT_ROLES, DEFAULT_MAX_MESSAGE_BYTES, DONE_REASONS, MAX_REQUEST_ID_CHARS, PROTOCOL_VERSION, REJECT_REASONS,
     SUPPORTED_VERSIONS, Accepted, Cancel, ChatMessage, Done, DoneReason, Error, Hello, Limits, LocalProtocolError,
-    Message, Ping, Pong, PrefillRequest, ProtocolError, RefinedPrompt, RefineOptions, Rejected, RejectReason,
+    Message, Numerics, Ping, Pong, PrefillRequest, ProtocolError, RefinedPrompt, RefineOptions, Rejected, RejectReason,
     SamplingParams, Stop, Token, Welcome, request_id_problem,
 )
 from .server_connection import RequestRejected, ServerConnection, ServerEvent
@@ -27,7 +27,7 @@ from .server_connection import RequestRejected, ServerConnection, ServerEvent
 __all__ = [
     "PROTOCOL_VERSION", "SUPPORTED_VERSIONS", "DEFAULT_MAX_MESSAGE_BYTES", "MAX_REQUEST_ID_CHARS", "CHAT_ROLES",
     "RejectReason", "DoneReason", "REJECT_REASONS", "DONE_REASONS", "ProtocolError", "LocalProtocolError",
-    "Message", "Limits", "SamplingParams", "RefineOptions", "ChatMessage", "Hello", "PrefillRequest", "Stop",
+    "Message", "Limits", "Numerics", "SamplingParams", "RefineOptions", "ChatMessage", "Hello", "PrefillRequest", "Stop",
     "Cancel", "Ping", "Welcome", "Accepted", "Rejected", "Token", "RefinedPrompt", "Done", "Error", "Pong",
     "ClientMessage", "ServerMessage", "encode", "decode_client", "decode_server", "request_id_problem",
     "ProtocolViolation", "RequestRejected", "ServerEvent", "ClientEvent", "ConnectionState", "RequestState",

@@ -123,6 +123,21 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Fa
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
 
+class Numerics(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
+    """Which numbers a model runs (sent in ``Welcome.numerics``), so a device can tell whether the cloud's tokens
+    are the ones it would compute itself: the checkpoint the weights came from, their storage format (a
+    ``--quant`` name: ``f32`` for dequantized float32 weights), the KV cache's dtype, the compute dtype, the
+    backend (``package`` or ``torch``) and, for a compiled package, its ``config_hash``. See
+    :mod:`pdlink.common.numerics`."""
+
+    checkpoint: str = ""
+    weights: str = ""
+    kv_dtype: str = ""
+    compute: str = "float32"
+    backend: str = ""
+    config_hash: str = ""
+
+
 class RefineOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
     """Ask the cloud for a ``RefinedPrompt``: keep ``keep_ratio`` of the prompt, always the last ``window`` tokens
     (0 = the server's default)."""
@@ -215,6 +230,7 @@ class Welcome(Message, tag="welcome"):
     tokenizer_hash: str
     limits: Limits = msgspec.field(default_factory=Limits)
     features: list[str] = []  # optional capabilities; "refine": answers ``prefill.refine`` with a refined_prompt
+    numerics: Numerics | None = None  # what the cloud's model computes (None: a server that does not say)
 
 
 class Accepted(Message, tag="accepted"):

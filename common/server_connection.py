@@ -9,7 +9,7 @@ from typing import Callable, Sequence, Union
 from .connection import Connection, ConnectionState, ProtocolViolation, RequestState, RequestTrack
 from .protocol_codec import decode_client
 from .protocol_messages import (
-    Accepted, Cancel, DoneReason, Done, Error, Hello, Limits, LocalProtocolError, Ping, Pong, PrefillRequest,
+    Accepted, Cancel, DoneReason, Done, Error, Hello, Limits, LocalProtocolError, Numerics, Ping, Pong, PrefillRequest,
     ProtocolError, RefinedPrompt, RejectReason, Rejected, Stop, Token, Welcome,
 )
 
@@ -38,10 +38,12 @@ class ServerConnection(Connection):
 
     def __init__(self, limits: Limits, expected_auth_token: str | None, model_id: str, tokenizer_hash: str,
                  vocab_size: int, *, server: str = "pdlink-cloud",
-                 count_text_tokens: Callable[[str], int] | None = None, features: Sequence[str] = ()):
+                 count_text_tokens: Callable[[str], int] | None = None, features: Sequence[str] = (),
+                 numerics: Numerics | None = None):
         super().__init__(ConnectionState.HANDSHAKE)
         self.limits, self.model_id, self.tokenizer_hash, self.vocab_size = limits, model_id, tokenizer_hash, vocab_size
         self.server, self.count_text_tokens, self.features = server, count_text_tokens, list(features)
+        self.numerics = numerics
         self._auth = None if expected_auth_token is None else expected_auth_token.encode("utf-8", "surrogatepass")
         self.hello: Hello | None = None
         self.tokenizer_match = True
@@ -177,7 +179,8 @@ class ServerConnection(Connection):
             return self._violation("model_mismatch", f"this server serves {self.model_id!r}", fatal=True)
         self.hello, self.state = hello, ConnectionState.OPEN
         self._send(Welcome(protocol_version=hello.protocol_version, server=self.server, model_id=self.model_id,
-                           tokenizer_hash=self.tokenizer_hash, limits=self.limits, features=self.features))
+                           tokenizer_hash=self.tokenizer_hash, limits=self.limits, features=self.features,
+                           numerics=self.numerics))
         self.tokenizer_match = hello.tokenizer_hash == self.tokenizer_hash
         if not self.tokenizer_match:
             self.send_error("tokenizer_mismatch", "the client's tokenizer differs from the server's, so token ids "

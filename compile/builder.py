@@ -15,7 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 import pdlink
 from pdlink.compile.checkpoint import open_checkpoint
 from pdlink.compile.params import iter_params
-from pdlink.compile.quantization import get_quantization
+from pdlink.compile.quantization import get_quantization, resolve_kv_dtype
 from pdlink.compile.target import TargetPreset, get_target_preset
 from pdlink.common.package import (
     ENTRY_POINTS,
@@ -46,10 +46,11 @@ class CompileConfig:
     page_size: int = 16
     show_progress: bool = True
     tuned: bool = True  # False: plain matmul kernels, unscheduled (to check tuning keeps the answers)
+    kv_dtype: str = "auto"  # KV pages: f16, f32, or auto (f32 for --quant f32, f16 otherwise)
 
     def __post_init__(self):
         get_target_preset(self.target)
-        get_quantization(self.quant)
+        resolve_kv_dtype(self.kv_dtype, get_quantization(self.quant))
         if self.prefill_chunk_size < 16:
             raise ValueError("--prefill-chunk-size must be at least 16")
         if self.page_size not in (8, 16, 32, 64):
@@ -156,7 +157,8 @@ def _build_into(cfg: CompileConfig, ckpt, work: Path, steps: _Steps) -> None:
     preset, quant = get_target_preset(cfg.target), get_quantization(cfg.quant)
     steps.step("export model")
     target = preset.tvm_target()
-    model = LlamaForCausalLM(ckpt.config, quant, target, tuned=cfg.tuned)
+    kv_dtype = resolve_kv_dtype(cfg.kv_dtype, quant)
+    model = LlamaForCausalLM(ckpt.config, quant, target, tuned=cfg.tuned, kv_dtype=kv_dtype)
     mod, named = model.export_tvm(spec=model.spec())
     names = [n for n, _ in named]
     steps.step("convert weights")
@@ -168,13 +170,14 @@ def _build_into(cfg: CompileConfig, ckpt, work: Path, steps: _Steps) -> None:
     steps.step("tokenizer")
     tokenizer = ckpt.save_tokenizer(work)
     steps.step("manifest")
-    manifest = _manifest(cfg, ckpt, preset, quant, library, names, tokenizer, work)
+    manifest = _manifest(cfg, ckpt, preset, quant, kv_dtype, library, names, tokenizer, work)
     (work / MANIFEST).write_text(manifest.to_json())
 
 
-def _manifest(cfg, ckpt, preset, quant, library, names, tokenizer, work: Path) -> Manifest:
+def _manifest(cfg, ckpt, preset, quant, kv_dtype: str, library, names, tokenizer, work: Path) -> Manifest:
     model_config = ckpt.config.to_dict()
-    quantization = {"name": quant.name, "linear": quant.linear, "embedding": quant.embedding}
+    # the KV dtype changes the numbers, so the config hash covers it (packages from before hash without it)
+    quantization = {"name": quant.name, "linear": quant.linear, "embedding": quant.embedding, "kv_cache": kv_dtype}
     target_json = preset.target_json()
     files = {p.name: sha256_file(p) for p in sorted(work.iterdir()) if p.is_file()}
     return Manifest(
@@ -199,7 +202,7 @@ def _manifest(cfg, ckpt, preset, quant, library, names, tokenizer, work: Path) -
         params_file=PARAMS_FILE,
         param_names=names,
         tokenizer=tokenizer,
-        kv_cache={"page_size": cfg.page_size, "prefill_chunk_size": cfg.prefill_chunk_size, "dtype": "float16",
+        kv_cache={"page_size": cfg.page_size, "prefill_chunk_size": cfg.prefill_chunk_size, "dtype": kv_dtype,
                   "kv_io": KV_IO},
         files=files,
         config_hash=config_hash(model_config, quantization, target_json),

@@ -50,21 +50,23 @@ class RMSNorm(nn.Module):
         return nn.op.rms_norm(x, self.weight, axes=[-1], epsilon=self.eps)
 
 
-# KV pages hold float16 (half the memory of float32, like llama.cpp's default cache); everything else computes in
-# float32, and the CPU attention kernels accumulate in float32.
+# KV pages hold float16 by default (half the memory of float32, like llama.cpp's default cache); everything else
+# computes in float32, and the CPU attention kernels accumulate in float32. An f32 package keeps float32 pages
+# (``--kv-dtype``), so it computes the reference's numbers on any prompt length.
 KV_DTYPE = "float16"
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: LlamaConfig, fmt: WeightFormat):
+    def __init__(self, cfg: LlamaConfig, fmt: WeightFormat, kv_dtype: str = KV_DTYPE):
         self.num_q, self.num_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.kv_dtype = kv_dtype
         self.qkv_proj = Linear(cfg.hidden_size, (self.num_q + 2 * self.num_kv) * self.head_dim, fmt)
         self.o_proj = Linear(self.num_q * self.head_dim, cfg.hidden_size, fmt)
 
     def forward(self, x: nn.Tensor, kv: PagedKVCache, layer_id: int) -> nn.Tensor:
         b, s, _ = x.shape
         qkv = nn.op.reshape(self.qkv_proj(x), (b, s, self.num_q + 2 * self.num_kv, self.head_dim))
-        out = kv.attention_with_fused_qkv(layer_id, qkv.astype(KV_DTYPE), self.num_q, sm_scale=self.head_dim**-0.5)
+        out = kv.attention_with_fused_qkv(layer_id, qkv.astype(self.kv_dtype), self.num_q, sm_scale=self.head_dim**-0.5)
         out = out.astype("float32")
         return self.o_proj(nn.op.reshape(out, (b, s, self.num_q * self.head_dim)))
 
@@ -84,9 +86,9 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: LlamaConfig, fmt: WeightFormat):
+    def __init__(self, cfg: LlamaConfig, fmt: WeightFormat, kv_dtype: str = KV_DTYPE):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = Attention(cfg, fmt)
+        self.self_attn = Attention(cfg, fmt, kv_dtype)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg, fmt)
 
@@ -98,14 +100,15 @@ class DecoderLayer(nn.Module):
 class LlamaForCausalLM(nn.Module):
     """The exported model; its methods are the package's entry points (see ``spec``)."""
 
-    def __init__(self, cfg: LlamaConfig, quant: Quantization, target, tuned: bool = True):
+    def __init__(self, cfg: LlamaConfig, quant: Quantization, target, tuned: bool = True, kv_dtype: str = KV_DTYPE):
         """``tuned=False`` gives every matmul the plain form with no pdlink schedule (same answers,
-        slower: it exists to check that tuning changes nothing). See ``matmul_forms``."""
-        self.cfg, self.target = cfg, target
+        slower: it exists to check that tuning changes nothing). See ``matmul_forms``. ``kv_dtype``: the
+        dtype of the KV pages ("float16" or "float32")."""
+        self.cfg, self.target, self.kv_dtype = cfg, target, kv_dtype
         form = "plain" if not tuned else "cpu" if target.kind.name == "llvm" else "portable"
         with matmul_forms(form, target):
             self.embed_tokens = FormattedMatrix(cfg.vocab_size, cfg.hidden_size, quant.embedding_format)
-            self.layers = nn.ModuleList([DecoderLayer(cfg, quant.linear_format) for _ in range(cfg.num_hidden_layers)])
+            self.layers = nn.ModuleList([DecoderLayer(cfg, quant.linear_format, kv_dtype) for _ in range(cfg.num_hidden_layers)])
             self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
             if not cfg.tie_word_embeddings:
                 self.lm_head = FormattedMatrix(cfg.vocab_size, cfg.hidden_size, quant.linear_format)
@@ -188,7 +191,7 @@ class LlamaForCausalLM(nn.Module):
                 rope_ext_factors=rx.prim_value(0),
                 rotary_dim=cfg.head_dim,
                 enable_disaggregation=False,
-                dtype=KV_DTYPE,
+                dtype=self.kv_dtype,
                 target=self.target,
             )
 

@@ -138,7 +138,8 @@ _OPTIONAL = {"prefill_halving_tokens": float, "decode_halving_tokens": float, "c
 
 def resolve_profile(name_or_path: str | Path | DeviceProfile) -> DeviceProfile:
     """What ``--device-profile`` names: a built-in profile (``profile_names()``), or a JSON file with the
-    profile's fields (``name``, ``prefill_tok_s``, ``decode_s_per_token``; optional ``prefill_halving_tokens``,
+    profile's fields (``prefill_tok_s``, ``decode_s_per_token``; optional ``name`` (default: the file's stem),
+    ``prefill_halving_tokens``,
     ``decode_halving_tokens``, ``chunk_overhead_s``, ``source``, ``emulated``). Raises ValueError naming the
     file and the field for a missing, unknown, mistyped or non-positive field, or an unknown name."""
     if isinstance(name_or_path, DeviceProfile):
@@ -155,13 +156,16 @@ def resolve_profile(name_or_path: str | Path | DeviceProfile) -> DeviceProfile:
         raise ValueError(f"device profile file {path}: cannot be read ({exc.strerror or exc})") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"device profile file {path}: not JSON ({exc})") from None
-    return profile_from_fields(data, where=f"device profile file {path}")
+    return profile_from_fields(data, where=f"device profile file {path}", default_name=path.stem)
 
 
-def profile_from_fields(data, where: str = "device profile") -> DeviceProfile:
-    """A profile from a dict of its fields, every field checked (see ``resolve_profile``)."""
+def profile_from_fields(data, where: str = "device profile", default_name: str | None = None) -> DeviceProfile:
+    """A profile from a dict of its fields, every field checked (see ``resolve_profile``); ``default_name``
+    names a profile whose fields give no ``name``."""
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a JSON object with the profile's fields, got {type(data).__name__}")
+    if default_name and "name" not in data:
+        data = {**data, "name": default_name}
     unknown = sorted(set(data) - set(_REQUIRED) - set(_OPTIONAL))
     if unknown:
         raise ValueError(f"{where}: unknown field {unknown[0]!r}; the fields are {sorted({**_REQUIRED, **_OPTIONAL})}")

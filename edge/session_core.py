@@ -116,6 +116,9 @@ class SessionCore:
         self.shown: list[ShownToken] = []
         self._outbox: list[StopCloud] = []
         self._computing = 0  # tokens of the local step in flight (0: none)
+        self._computing_since: float | None = None
+        self._computing_decode = False
+        self.pacer = plan.pace_planner() if plan is not None else None  # pd: pace on the real timeline
         self.prompt_tokens = len(self.prompt)  # the user's prompt; ``prompt`` is what the device computes
         self.refinement: dict | None = None
         self.kept_indices: list[int] | None = None  # user-prompt positions the device computes, once refined
@@ -127,8 +130,9 @@ class SessionCore:
         """The answer is complete and every token has been shown."""
         return self.state is SessionState.FINISHED and self.controller.buffered == 0
 
-    def next_compute(self) -> Compute | None:
-        """The next local step, or None (one already running, nothing to do, or the answer is done)."""
+    def next_compute(self, now_s: float | None = None) -> Compute | None:
+        """The next local step, or None (one already running, nothing to do, or the answer is done);
+        ``now_s``: when the shell starts it (the pacer measures the device's speed from it)."""
         if self._computing or self.state is SessionState.FINISHED or not self.device_compute:
             return None
         pending = self._pending(self.chunk_size)
@@ -136,7 +140,7 @@ class SessionCore:
             return None
         decode = self.state is SessionState.DECODING and self.num_computed_tokens + 1 == self.total_tokens
         step = Compute(pending, decode=decode)
-        self._computing = len(step.token_ids)
+        self._computing, self._computing_since, self._computing_decode = len(step.token_ids), now_s, decode
         return step
 
     @property
@@ -170,18 +174,23 @@ class SessionCore:
 
     def on_computed(self, num_tokens: int, next_token: int, now_s: float) -> None:
         """A local step over ``num_tokens`` tokens finished; ``next_token`` was sampled from its logits."""
-        self._computing = 0
+        if self.pacer is not None and self._computing_since is not None:
+            self.pacer.on_step(num_tokens, self._computing_since, now_s, self._computing_decode)
+        self._computing, self._computing_since = 0, None
         self.num_computed_tokens += num_tokens
         if self.state is SessionState.FINISHED:
             return
         if self.num_computed_tokens < len(self.prompt):
+            self._repace(now_s)
             return
         if self.num_computed_tokens < self.total_tokens:
             self._move(SessionState.CATCHING_UP)  # more cloud tokens arrived meanwhile: prefill them too
+            self._repace(now_s)
             return
         if self.state is not SessionState.DECODING:
             self._take_over()
         self._commit(next_token, "device", now_s)
+        self._repace(now_s)
 
     def on_cloud_token(self, index: int, token_id: int, now_s: float) -> None:
         """Cloud token ``index`` (0-based) arrived."""
@@ -193,11 +202,14 @@ class SessionCore:
             return
         self.cloud = CloudState.RELEASED if token_id in self.stop_token_ids else CloudState.STREAMING
         self.cloud_tokens_received += 1
+        if self.pacer is not None:
+            self.pacer.on_arrival(now_s)
         if index == 0 and self.plan is not None:
             self.controller.set_pace(self.plan.first_token_pace(now_s, self.cloud_limit))
         if self.state in (SessionState.DECODING, SessionState.FINISHED):
             return
         self._commit(token_id, "cloud", now_s)
+        self._repace(now_s)
 
     def on_cloud_ended(self, reason: str) -> None:
         """The cloud finished the request (``done``) for ``reason``."""
@@ -232,6 +244,7 @@ class SessionCore:
         if self.cloud not in (CloudState.WAITING, CloudState.STREAMING):
             return
         self.cloud = CloudState.FAILED
+        self.controller.hold_until(float("-inf"))  # no buffer to wait for: show what is here
         if self.state is not SessionState.FINISHED:
             self.fallback = reason
             if not self.device_compute:
@@ -317,6 +330,37 @@ class SessionCore:
         self.controller.push((index, int(token_id), origin), now_s)
         if len(self.answer) >= self.max_tokens:
             self._finish(FinishReason.LENGTH)
+
+    def _repace(self, now_s: float) -> None:
+        """Ask the pacer for the pace, and for the first cloud token's hold while none is shown (pd mode)."""
+        p = self.pacer
+        if p is None or self.state is SessionState.FINISHED or not p.arrivals:
+            return
+        if self.state is SessionState.DECODING:
+            if self.handover_index is not None:
+                self.controller.set_pace(p.pace_s(handed_over=True))
+            self.controller.hold_until(float("-inf"))
+            return
+        if self.cloud is CloudState.FAILED:
+            self.controller.hold_until(float("-inf"))
+            return
+        streaming = self.cloud is CloudState.STREAMING and self.cloud_tokens_received < self.cloud_limit
+        forecast = p.handover(now_s, prompt_tokens=len(self.prompt), computed=self.num_computed_tokens,
+                              received=self.cloud_tokens_received, in_flight=self._computing,
+                              in_flight_since_s=self._computing_since, cloud_limit=self.cloud_limit,
+                              streaming=streaming, chunk=self.chunk_size, max_tokens=self.max_tokens)
+        if not self.shown:
+            alone = p.handover(now_s, prompt_tokens=len(self.prompt), computed=self.num_computed_tokens, received=0,
+                               in_flight=self._computing, in_flight_since_s=self._computing_since,
+                               cloud_limit=0, streaming=False, chunk=self.chunk_size, max_tokens=self.max_tokens)
+            latest = (alone[0] if alone else now_s) - p.bound_s
+            measuring = streaming and len(p.arrivals) < min(3, self.cloud_limit)
+            hold = latest if measuring else p.arrivals[0] + p.hold_s(now_s, p.arrivals[0], forecast, latest,
+                                                                       min(self.cloud_limit, self.max_tokens))
+            self.controller.hold_until(max(p.arrivals[0], hold))
+        to_show = (forecast[1] if forecast is not None else min(self.cloud_limit, self.max_tokens)) - len(self.shown)
+        self.controller.set_pace(p.pace_s(False, last_shown_s=self.controller.last_shown_s, to_show=to_show,
+                                          handover=forecast))
 
     def _finish(self, reason: FinishReason) -> None:
         self.finish_reason = reason

@@ -79,7 +79,7 @@ class SessionRun:
             self._start_cloud()
             while not self.core.finished:
                 self._send_messages()
-                if compute is None and (step := self.core.next_compute()) is not None:
+                if compute is None and (step := self.core.next_compute(self._now())) is not None:
                     compute = loop.run_in_executor(self.s.engine_thread, self._step, step, self._now())
                 for tok in self._release():
                     yield tok

@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 
 from pdlink.edge.device_profile import DeviceProfile
 from pdlink.edge.fallback import Fallback
+from pdlink.edge.pace_planner import PacePlanner
 from pdlink.edge.settings_model import PACE_HEADROOM, predict
 
 REFINE_MODES = ("off", "auto", "on")
@@ -179,6 +180,14 @@ class CloudPlan:
         tau_d = self.device.decode_time_s(self.prompt_tokens)
         bound = self.settings.gap_bound_s or max(tau_d, self.max_gap_s * PACE_HEADROOM)
         return min(bound, max(tau_d, self.settings.pace_s))
+
+    def pace_planner(self) -> PacePlanner:
+        """The real-timeline pacer of this request, primed with the profile's and the estimate's figures."""
+        d, L, chunk = self.device, self.prompt_tokens, self.settings.chunk_size
+        bound = self.settings.gap_bound_s or max(d.decode_time_s(L), self.max_gap_s * PACE_HEADROOM)
+        token_s = max(0.0, d.prefill_time_s(chunk, L // 2) - d.chunk_overhead_s) / chunk
+        return PacePlanner(bound_s=bound, device_tpot_s=d.decode_time_s(L), token_s=token_s,
+                           cloud_tpot_s=(self.cloud or CloudEstimate()).tpot_s, step_overhead_s=d.chunk_overhead_s)
 
     def after_estimate(self, now_s: float, estimated_ttft_s: float, k: int) -> tuple[str | None, int]:
         """The cloud's own TTFT estimate arrived: ``(reason, k)`` with a reason to give the cloud up when its

@@ -34,6 +34,7 @@ class SpeedController(Generic[T]):
         self.max_gap_s = max_gap_s
         self._queue: deque[tuple[T, float]] = deque()
         self._last_shown_s: float | None = None
+        self._not_before_s = float("-inf")
         self.tau_s = 0.0
         self.set_pace(tau_s)
 
@@ -42,6 +43,15 @@ class SpeedController(Generic[T]):
         if tau_s < 0:
             raise ValueError("tau_s must be >= 0")
         self.tau_s = min(tau_s, self.max_gap_s) if self.max_gap_s is not None else tau_s
+
+    def hold_until(self, t_s: float) -> None:
+        """Show nothing before ``t_s`` (a held first token lets a buffer build up); ``-inf`` lifts the hold."""
+        self._not_before_s = t_s
+
+    @property
+    def last_shown_s(self) -> float | None:
+        """When the last released item was due (None: nothing released yet)."""
+        return self._last_shown_s
 
     def push(self, item: T, arrival_s: float) -> None:
         """An item arrived (cloud token or local token), in order."""
@@ -55,7 +65,7 @@ class SpeedController(Generic[T]):
         """When the oldest buffered item is due, or None when nothing is buffered."""
         if not self._queue:
             return None
-        arrival = self._queue[0][1]
+        arrival = max(self._queue[0][1], self._not_before_s)
         if self._last_shown_s is None:
             return arrival
         return max(arrival, self._last_shown_s + self.tau_s)

@@ -59,18 +59,24 @@ class DeviceSession:
         if self.settings.use_cloud:
             self.cloud_request = CloudRequest(self.key, len(core.prompt), self.settings.k)
             self.network.deliver(self.env, self.cloud.submit, self.cloud_request, self)
-        while core.state is not SessionState.FINISHED:
+        while not core.finished:
             self._send()
-            if not self._computing and (step := core.next_compute()) is not None:
+            core.release_due(self._now() + 1e-9)  # shown as they fall due (simulated time rounds), at that pace
+            if core.finished:
+                break
+            if not self._computing and (step := core.next_compute(self._now())) is not None:
                 c = core.num_computed_tokens
                 cost = (self.device.decode_time_s(c) if step.decode
                         else self.device.prefill_time_s(len(step.token_ids), c))
                 self.device_compute_s += cost
                 self._computing = True
                 self.env.timeout(cost, value=len(step.token_ids)).callbacks.append(self._computed)
-            if not self._computing and core.cloud.name not in ("WAITING", "STREAMING"):
+            due = core.next_release_s()
+            if not self._computing and due is None and core.cloud.name not in ("WAITING", "STREAMING"):
                 raise RuntimeError(f"request {self.key}: stalled in {core.state.name} with the cloud {core.cloud.name}")
             self._wake = self.env.event()
+            if due is not None:
+                self.env.timeout(max(0.0, due - self._now())).callbacks.append(lambda _: self._poke())
             yield self._wake
         self._send()
         self.end_s = self._now()

@@ -214,7 +214,7 @@ class Gateway:
         cfg, card = self.cfg, self.backend
         protocol = ServerConnection(cfg.limits(), cfg.auth_token, cfg.model_id, card.tokenizer_hash, card.vocab_size,
                                     server=f"pdlink-cloud gateway ({len(self.specs)} instances, "
-                                    f"{card.info.get('backend')})")
+                                    f"{card.info.get('backend')})", numerics=card.numerics)
         connection = Connection(next(self._ids), ws, protocol, self)
         self._connections[connection.id] = connection
         self.metrics.connections.inc()

@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+import msgspec
+
 from pdlink.common.models import cache_root
+from pdlink.common.protocol_messages import Numerics
 from pdlink.common.tokenizer import Tokenizer
 
 
@@ -19,6 +22,7 @@ class ModelCard:
     tokenizer_hash: str
     context_window: int
     info: dict = field(default_factory=dict)
+    numerics: Numerics | None = None  # what every instance computes (None when they differ or do not say)
 
 
 def model_card(describe: dict[str, dict], model_id: str, need_tokenizer: bool = True
@@ -31,8 +35,12 @@ def model_card(describe: dict[str, dict], model_id: str, need_tokenizer: bool = 
     for name, d in describe.items():
         if d["tokenizer_hash"] != first["tokenizer_hash"] or d["vocab_size"] != first["vocab_size"]:
             raise ValueError(f"instance {name} serves another model or tokenizer than {first['name']}")
+    numerics = [d.get("numerics") for d in describe.values()]
+    shared = msgspec.convert(numerics[0], Numerics) if numerics[0] and all(n == numerics[0] for n in numerics) \
+        else None
     card = ModelCard(model_id or first["model_id"], first["vocab_size"], tuple(first["eos_token_ids"]),
-                     first["tokenizer_hash"], min(d["context_window"] for d in describe.values()), first["info"])
+                     first["tokenizer_hash"], min(d["context_window"] for d in describe.values()), first["info"],
+                     shared)
     if not need_tokenizer:
         return card, None
     if not first.get("tokenizer_json"):

@@ -14,6 +14,8 @@ import os
 from abc import ABC, abstractmethod
 from typing import Any, Hashable
 
+import msgspec
+
 from pdlink.cloud.backend import Backend, load_backend
 from pdlink.cloud.cluster.instance_spec import InstanceSpec
 from pdlink.cloud.outputs import Output
@@ -61,7 +63,8 @@ class Instance(ABC):
                 "eos_token_ids": list(self.backend.eos_token_ids), "tokenizer_hash": tok.hash,
                 "tokenizer_info": dict(getattr(tok, "info", {}) or {}),
                 "tokenizer_json": tok.to_json() if hasattr(tok, "to_json") else None,
-                "context_window": self.backend.context_window, "info": dict(self.backend.info)}
+                "context_window": self.backend.context_window, "info": dict(self.backend.info),
+                "numerics": msgspec.to_builtins(self.backend.numerics) if self.backend.numerics else None}
 
     async def stats(self) -> dict:
         """Queue and load (the baseline router's periodic report, /healthz)."""

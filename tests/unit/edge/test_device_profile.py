@@ -55,7 +55,6 @@ def test_a_profile_file_gives_its_fields(tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     ({"prefill_tok_s": None}, "missing field 'prefill_tok_s'"),
-    ({"name": None}, "missing field 'name'"),
     ({"decode_s_per_token": "fast"}, "field 'decode_s_per_token' must be a number"),
     ({"prefill_tok_s": True}, "field 'prefill_tok_s' must be a number"),
     ({"name": 3}, "field 'name' must be a str"),
@@ -72,6 +71,13 @@ def test_a_bad_profile_file_names_the_file_and_the_field(tmp_path, change, messa
     with pytest.raises(ValueError, match=message) as info:
         resolve_profile(path)
     assert path in str(info.value)
+
+
+def test_a_profile_file_without_a_name_is_named_after_the_file(tmp_path):
+    path = tmp_path / "my-tablet.json"
+    path.write_text(json.dumps({"prefill_tok_s": 120, "decode_s_per_token": 0.025}))
+    profile = resolve_profile(str(path))
+    assert (profile.name, profile.prefill_tok_s, profile.decode_s_per_token) == ("my-tablet", 120, 0.025)
 
 
 def test_unreadable_files_and_unknown_names_say_what_is_wrong(tmp_path):
