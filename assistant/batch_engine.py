@@ -38,8 +38,26 @@ class BatchingEngine:
         self._thread = threading.Thread(target=self._loop, name="pdlink-batch", daemon=True)
         self._thread.start()
 
-    def __getattr__(self, name):  # tokenizer, model_config, context_window, num_threads, ...
-        return getattr(self.engine, name)
+    # what a Session reads of its engine (``pdlink.edge.device_engine.DeviceEngine``): the shared engine's
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    @property
+    def model_config(self):
+        return self.engine.model_config
+
+    @property
+    def context_window(self) -> int:
+        return self.engine.context_window
+
+    @property
+    def num_threads(self) -> int:
+        return self.engine.num_threads
+
+    @property
+    def manifest(self):
+        return self.engine.manifest
 
     # ------------------------------------------------------------------ sequences (under the step lock)
 

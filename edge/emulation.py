@@ -22,21 +22,19 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from pdlink.edge.cloud_link import CloudLink, CloudTarget
+from pdlink.edge.device_engine import DeviceEngine
 from pdlink.edge.device_profile import DeviceProfile
 
 _TOKEN_FRAME_BYTES = 110  # a token frame on the wire, about (JSON text + websocket header)
 
 
 class EmulatedDevice:
-    """An engine whose ``prefill``/``decode`` take the profile's time; every other call goes to the engine."""
+    """A ``StepDevice`` (``pdlink.edge.device_engine``) whose steps take the profile's time on the real engine."""
 
-    def __init__(self, engine, profile: DeviceProfile):
+    def __init__(self, engine: DeviceEngine, profile: DeviceProfile):
         self.engine, self.profile = engine, profile
         self._interrupt = threading.Event()
         self.reset_stats()
-
-    def __getattr__(self, name):
-        return getattr(self.engine, name)
 
     def interrupt(self) -> None:
         """End the current emulated wait now (the request is over); the next step waits again."""
@@ -165,3 +163,10 @@ class EmulatedCloudLink(CloudLink):
             if delay > 0:
                 await asyncio.sleep(delay)
             CloudLink._deliver(self, event)
+
+
+def cloud_link_factory(network: NetworkEmulation):
+    """How a session opens its cloud links: over the emulated network when one is set, else as they are."""
+    if network.active:
+        return lambda target, tokenizer_hash: EmulatedCloudLink(target, tokenizer_hash, network)
+    return CloudLink

@@ -73,6 +73,10 @@ class PacePlanner:
         overhead = max(self.step_overhead_s, statistics.median(short)) if short else self.step_overhead_s
         return overhead, per_token
 
+    def measured_decode_s(self) -> float | None:
+        """The median of the measured decode steps (None before one ran)."""
+        return statistics.median(self._decode_steps) if self._decode_steps else None
+
     def device_decode_s(self) -> float:
         """The device's decode step: the median of the last ones, else the profile's."""
         return statistics.median(self._decode_steps) if self._decode_steps else self.device_tpot_s

@@ -24,8 +24,10 @@ from typing import AsyncIterator, Iterator
 from pdlink.common.sampling import SamplingParams
 from pdlink.common.tokenizer import end_of_turn_ids
 from pdlink.edge.cloud_link import CloudTarget
+from pdlink.edge.corrections import Correction, CorrectionStore
 from pdlink.edge.device_profile import DeviceProfile, resolve_profile
-from pdlink.edge.emulation import EmulatedDevice, NetworkEmulation
+from pdlink.edge.device_engine import DeviceEngine, LocalDevice, StepDevice
+from pdlink.edge.emulation import EmulatedDevice, NetworkEmulation, cloud_link_factory
 from pdlink.edge.session_result import SessionResult
 from pdlink.edge.session_run import SessionRun, SessionToken
 from pdlink.edge.session_settings import REFINE_MODES, CloudEstimate, SessionSettings, decide_settings
@@ -62,6 +64,8 @@ class SessionConfig:
     ttft_slo_s: float | None = None  # pd settings v2: the TTFT SLO (None: as soon as the cloud can)
     settings_version: int = 2  # pd settings decision: 2 (least cloud seconds, settings_v2) or 1 (closed form)
     engine_nice: int = 0  # the engine thread's nice increment (Linux): > 0 lets the pacing loop preempt it
+    learn_corrections: bool = True  # pd: learn how far the cloud estimate was off, per device and cloud (stored)
+    corrections_file: str | None = None  # where they are stored (None: beside the measured device profiles)
 
     def __post_init__(self):
         if isinstance(self.device_profile, str):
@@ -115,9 +119,12 @@ class GenerationRequest:
 class Session:
     """A loaded engine plus a cloud target; ``generate`` runs one request in any mode."""
 
-    def __init__(self, cfg: SessionConfig, engine=None, profile: DeviceProfile | None = None):
-        """``engine``: reuse a loaded Engine; ``profile``: the device profile for settings when no named
-        profile is emulated (default: measured once and stored, see ``pdlink profile``)."""
+    def __init__(self, cfg: SessionConfig, engine: DeviceEngine | None = None, profile: DeviceProfile | None = None,
+                 link_factory=None):
+        """``engine``: reuse a loaded engine (anything with the ``DeviceEngine`` members); ``profile``: the
+        device profile for settings when no named profile is emulated (default: measured once and stored, see
+        ``pdlink profile``); ``link_factory(target, tokenizer_hash) -> CloudLink``: how cloud links are opened
+        (default: over ``cfg.network``'s emulation when set, else plain)."""
         self.cfg = cfg
         if engine is None and cfg.package is not None:
             from pdlink.edge.engine import Engine, EngineConfig
@@ -126,7 +133,9 @@ class Session:
                                          context_window=cfg.context_window, max_num_sequences=1))
         self.engine = engine
         emulated = resolve_profile(cfg.device_profile) if cfg.device_profile is not None else None
-        self.device = EmulatedDevice(engine, emulated) if emulated is not None and engine is not None else engine
+        self.device: StepDevice | None = None if engine is None else \
+            EmulatedDevice(engine, emulated) if emulated is not None else LocalDevice(engine)
+        self.link_factory = link_factory or cloud_link_factory(cfg.network)
         self._profile = emulated or profile
         self.tokenizer = engine.tokenizer if engine is not None else None
         self.stop_ids = end_of_turn_ids(engine.model_config.eos_token_ids, engine.tokenizer) if engine else set()
@@ -134,6 +143,31 @@ class Session:
                                                 initializer=_lower_priority, initargs=(cfg.engine_nice,))
         self._kept: tuple[int, list[int]] | None = None  # a conversation's sequence and the ids in its KV cache
         self.last: SessionResult | None = None
+        self.corrections = CorrectionStore(cfg.corrections_file)
+
+    @property
+    def correction(self) -> Correction:
+        """The learnt correction of the cloud estimate for this device and cloud (neutral when off or none)."""
+        if not self.cfg.learn_corrections or self.cfg.cloud is None or self.engine is None:
+            return Correction()
+        return self.corrections.get(self.profile.name, self.cfg.cloud.url)
+
+    @property
+    def cloud_estimate(self) -> CloudEstimate:
+        """The cloud estimate the settings use: the configured one, corrected by what was learnt."""
+        return self.correction.apply(self.cfg.cloud_estimate)
+
+    def _learn(self, result: SessionResult) -> None:
+        """Fold a pd request's measured cloud TTFT and token interval into the stored correction."""
+        predicted, measured = result.settings.get("predicted") or {}, result.measured or {}
+        if not self.cfg.learn_corrections or result.mode != "pd" or not measured.get("cloud_ttft_s") \
+                or not predicted.get("cloud_ttft_s"):
+            return
+        interval = measured.get("cloud_interval_s")
+        estimate = self.cloud_estimate
+        learnt = self.correction.learn(measured["cloud_ttft_s"] / predicted["cloud_ttft_s"],
+                                       interval / estimate.tpot_s if interval and estimate.tpot_s else None)
+        self.corrections.put(self.profile.name, self.cfg.cloud.url, learnt)
 
     @property
     def profile(self) -> DeviceProfile:
@@ -222,6 +256,7 @@ class Session:
             if seq is not None:
                 self._keep_or_free(seq, run, req.reuse_kv and run is not None)
         self.last = run.result
+        self._learn(run.result)
 
     def _prompt_ids(self, prompt: str | list[int], raw: bool) -> list[int] | None:
         """Token ids of the prompt, checked against the context window (None: the cloud tokenizes)."""
@@ -253,11 +288,11 @@ class Session:
         refine = req.refine or self.cfg.refine
         if self.cfg.settings_version == 2:
             chunks = (chunk,) if req.chunk_size else tuple(c for c in CHUNK_CHOICES if c <= chunk) or (chunk,)
-            settings = decide_settings_v2(prompt_tokens, req.max_tokens, self.profile, self.cfg.cloud_estimate,
+            settings = decide_settings_v2(prompt_tokens, req.max_tokens, self.profile, self.cloud_estimate,
                                           max_gap_s=self.cfg.max_gap_s, ttft_slo_s=self.cfg.ttft_slo_s, refine=refine,
                                           keep_ratio=self.cfg.refine_keep_ratio, chunks=chunks)
         else:
-            settings = decide_settings(prompt_tokens, req.max_tokens, self.profile, self.cfg.cloud_estimate,
+            settings = decide_settings(prompt_tokens, req.max_tokens, self.profile, self.cloud_estimate,
                                        max_gap_s=self.cfg.max_gap_s, chunk_size=chunk, refine=refine,
                                        keep_ratio=self.cfg.refine_keep_ratio)
         if req.k is None and req.pace_s is None and req.chunk_size is None:

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, AsyncIterator
 from pdlink.common.protocol import Accepted, Done, RefinedPrompt, RefineOptions, Token
 from pdlink.common.sampling import Sampler
 from pdlink.edge.cloud_link import CloudFailure, CloudLink
-from pdlink.edge.emulation import EmulatedCloudLink, EmulatedDevice
 from pdlink.edge.session_core import SessionCore, SessionState
 from pdlink.edge.session_result import SessionResult, build_result
 from pdlink.edge.session_settings import CloudPlan, SessionSettings
@@ -63,7 +62,7 @@ class SessionRun:
     def _plan(self) -> CloudPlan:
         return CloudPlan(self.settings, self.s.profile, len(self.ids), self.req.max_tokens, self.s.cfg.max_gap_s,
                          downlink_s=self.s.cfg.network.rtt_ms / 2000, caller_set=self.settings.reason == "set by the caller",
-                         cloud=self.s.cfg.cloud_estimate)
+                         cloud=self.s.cloud_estimate)
 
     def _now(self) -> float:
         return time.perf_counter() - self.t0
@@ -71,7 +70,7 @@ class SessionRun:
     async def drive(self) -> AsyncIterator[SessionToken]:
         """Run the request to its end, yielding each token when it is shown; then ``result`` is set."""
         self.t0 = time.perf_counter()
-        if isinstance(self.s.device, EmulatedDevice):
+        if self.s.device is not None:
             self.s.device.reset_stats()
         loop = asyncio.get_running_loop()
         compute = inbox_get = None
@@ -108,8 +107,7 @@ class SessionRun:
             if inbox_get is not None:
                 inbox_get.cancel()
             if compute is not None:
-                if isinstance(self.s.device, EmulatedDevice):
-                    self.s.device.interrupt()  # the answer is complete: no need to wait out the emulated time
+                self.s.device.interrupt()  # the answer is complete: no need to wait out an emulated time
                 await asyncio.wait([compute])
             if self.link is not None:
                 await self.link.close()
@@ -120,8 +118,7 @@ class SessionRun:
             return
         cfg = self.s.cfg
         tokenizer_hash = self.s.tokenizer.hash if self.s.tokenizer is not None else ""
-        self.link = (EmulatedCloudLink(cfg.cloud, tokenizer_hash, cfg.network) if cfg.network.active
-                     else CloudLink(cfg.cloud, tokenizer_hash))
+        self.link = self.s.link_factory(cfg.cloud, tokenizer_hash)
         if self.ids is not None:
             prompt = dict(prompt_token_ids=self.ids, stop_token_ids=sorted(self.core.stop_token_ids))
         elif self.req.raw:

@@ -25,10 +25,10 @@ def _trace(tmp_path):
 
 
 def _profile(tmp_path):
-    # A little faster than the phone profile, so the test takes seconds, and slower than the 1-thread cloud on
-    # this machine (else pd gives the cloud up: "cloud_slow").
+    # Near the phone profile, so the test takes seconds, and well slower than the 1-thread cloud on this shared
+    # machine (else pd gives the cloud up: "cloud_slow", and the test fails: it compares hand-overs).
     path = tmp_path / "test-device.json"
-    path.write_text(json.dumps({"name": "test-device", "prefill_tok_s": 50.0, "decode_s_per_token": 0.03,
+    path.write_text(json.dumps({"name": "test-device", "prefill_tok_s": 40.0, "decode_s_per_token": 0.03,
                                 "source": "test profile, not a measured device"}))
     return path
 
@@ -58,8 +58,6 @@ def test_tiny_replay_pd_and_device_are_lossless(q4_1_package, tmp_path):
     lossless = json.loads((out / "trace-pd.json").read_text())["lossless"]
     assert lossless == pd["lossless"]
     assert lossless["compared"] == 3 - lossless["excluded_fallback"]
-    if not lossless["compared"]:
-        pytest.skip("every pd request fell back (the cloud was slower than the device on this loaded machine): "
-                    "no hand-over to compare")
+    assert lossless["compared"], f"every pd request fell back, nothing to compare: {[r['fallback'] for r in pd_rows]}"
     assert lossless["lossless"] and lossless["equal"] == lossless["compared"]
     assert (out / "trace.png").is_file()

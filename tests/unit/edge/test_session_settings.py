@@ -98,7 +98,21 @@ def test_emulated_device_waits_out_the_profile_time_and_counts_slower_host_steps
     dev = EmulatedDevice(FakeEngine(0.01), fast)
     dev.decode(0, 1)
     assert dev.host_slower_steps == 1 and dev.label()["device_profile"] == "fast"
-    assert dev.num_computed_tokens(0) == dev.engine.computed == 1  # other calls go to the engine
+    assert dev.engine.computed == 1
+    assert not hasattr(dev, "num_computed_tokens")  # an explicit step interface, no pass-through to the engine
+
+
+def test_the_session_names_no_emulation_class_and_takes_a_link_factory():
+    import inspect
+
+    from pdlink.edge import session_result, session_run
+    from pdlink.edge.device_engine import DeviceEngine
+
+    for module in (session_run, session_result):
+        assert "EmulatedDevice" not in inspect.getsource(module) and "EmulatedCloudLink" not in inspect.getsource(module)
+    from tests.unit.edge.test_session_shell import FakeEngine as ShellEngine
+
+    assert isinstance(ShellEngine(), DeviceEngine)
 
 
 def test_network_link_adds_latency_and_bandwidth_and_keeps_order():

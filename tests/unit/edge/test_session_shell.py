@@ -50,7 +50,7 @@ class FakeEngine:
 
     def __init__(self, context_window: int = 512):
         self.tokenizer, self.model_config, self.context_window = DeviceTokenizer(), _Config(), context_window
-        self.num_threads = 1
+        self.num_threads, self.manifest = 1, None
         self.seqs: dict[int, list[int]] = {}
         self._next = 0
 
