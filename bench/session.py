@@ -164,6 +164,8 @@ def _report(cfg: SessionBenchConfig, runs: dict, machine: dict, session) -> dict
         "host_slower_steps": {length: {m: r[m]["emulation"]["device"].get("host_slower_steps") for m in MODES}
                               for length, r in runs.items()},
         "pd_equals_device": {length: r["pd"]["token_ids"] == r["device"]["token_ids"] for length, r in runs.items()},
+        "predicted_vs_measured": {cfg.device_profile: {length: predicted_vs_measured(r["pd"])
+                                                       for length, r in runs.items()}},
         "pd_equals_device_note": "expected with --cloud-backend package (the same model on both sides); a "
                                  "float32 cloud (package-f32, torch) differs from the 4-bit device in some tokens",
         "config": asdict(cfg),
@@ -176,6 +178,20 @@ def _report(cfg: SessionBenchConfig, runs: dict, machine: dict, session) -> dict
                           "difference to the profile's time; the network is emulated on loopback",
         "machine": machine,
         "runs": runs,
+    }
+
+
+def predicted_vs_measured(pd: dict) -> dict:
+    """One pd request's settings prediction beside its real timeline: TTFT, the cloud's first token, the
+    largest gap and the hand-over, and the gap bound's verdict with its cause."""
+    predicted, measured = pd["settings"].get("predicted") or {}, pd.get("measured") or {}
+    return {
+        "ttft_s": {"predicted": predicted.get("ttft_s"), "measured": pd["ttft_s"]},
+        "cloud_ttft_s": {"predicted": predicted.get("cloud_ttft_s"), "measured": measured.get("cloud_ttft_s")},
+        "max_gap_s": {"predicted": predicted.get("max_gap_s"), "measured": pd["max_gap_s"]},
+        "handover_j": {"predicted": predicted.get("handover_j"), "measured": pd["handover_index"]},
+        "hold_s": measured.get("hold_s"), "gap_bound_s": pd.get("gap_bound_s"),
+        "gap_bound_missed_by_s": pd.get("gap_bound_missed_by_s"), "gap_miss_cause": pd.get("gap_miss_cause"),
     }
 
 

@@ -39,6 +39,7 @@ class CloudConfig:
     max_batch_sequences: int = 16  # sequences holding KV cache at once
     step_token_budget: int = 512
     prefill_chunk_tokens: int = 256
+    decode_stall_s: float = 0.2  # while requests decode, a step prefills at most this long (0 = no bound)
     warm_up: bool = True
     min_step_s: float = 0.0  # hold each serving step to at least this long: emulates a slower/busier cloud; 0 = off
 
@@ -88,4 +89,5 @@ class CloudConfig:
 
     def scheduler_config(self) -> SchedulerConfig:
         return SchedulerConfig(step_token_budget=self.step_token_budget, prefill_chunk_tokens=self.prefill_chunk_tokens,
-                               max_requests=self.max_concurrent_requests, ttft_budget_s=self.ttft_budget_s)
+                               max_requests=self.max_concurrent_requests, ttft_budget_s=self.ttft_budget_s,
+                               decode_stall_s=self.decode_stall_s)

@@ -1,8 +1,9 @@
 """Continuous batching for the cloud: chunked prefills round-robin under a token budget, one batched decode.
 
 Each step runs (1) prefill chunks of the requests still reading their prompt, taken round-robin,
-at most ``prefill_chunk_tokens`` per request and ``step_token_budget`` in all, so one long prompt
-cannot starve the others, and (2) ONE batched decode of every request that finished its prefill and
+at most ``prefill_chunk_tokens`` per request and ``step_token_budget`` in all (while requests decode, no
+more than ``decode_stall_s`` of prefill at the measured speed), so one long prompt cannot starve the others
+nor stall the streams, and (2) ONE batched decode of every request that finished its prefill and
 still owes leading tokens. A request's KV cache is released as soon as it ends (stop, cancel,
 disconnect, EOS, k tokens). Admission (``can_accept``, ``admit``) is :mod:`pdlink.cloud.admission`'s:
 it estimates a newcomer's TTFT from the measured speeds and the queued work.
@@ -27,6 +28,7 @@ from pdlink.cloud.refinement import select_kept_indices
 from pdlink.cloud.request import Request, RequestStatus
 
 _R = RequestStatus
+_MIN_STALL_CHUNK = 16  # the smallest prefill chunk a decode-bounded step still takes (progress for the prompts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +41,7 @@ class SchedulerConfig:
     ttft_budget_s: float = 10.0  # refuse a request whose estimated TTFT is above this
     initial_prefill_tok_s: float = 500.0  # prefill speed assumed until a step has been measured
     ema_alpha: float = 0.2  # weight of the newest measurement in the speed averages
+    decode_stall_s: float = 0.0  # while requests decode, a step prefills at most this long (0 = no bound)
 
     def __post_init__(self):
         if self.step_token_budget < 1 or self.prefill_chunk_tokens < 1:
@@ -47,6 +50,8 @@ class SchedulerConfig:
             raise ValueError("prefill_chunk_tokens must be <= step_token_budget (a chunk must fit in one step)")
         if self.max_requests < 1:
             raise ValueError("max_requests must be >= 1")
+        if not 0.0 <= self.decode_stall_s <= 60.0:
+            raise ValueError(f"decode_stall_s must be in 0..60 seconds (0 = no bound), got {self.decode_stall_s}")
         if not self.ttft_budget_s > 0 or not self.initial_prefill_tok_s > 0 or not 0 < self.ema_alpha <= 1:
             raise ValueError("ttft_budget_s and initial_prefill_tok_s must be > 0 and ema_alpha in (0, 1]")
 
@@ -188,7 +193,7 @@ class Scheduler:
     def schedule(self) -> StepPlan | None:
         """Free ended sequences and plan the next step; None when there is nothing to compute."""
         self._release_finished()
-        plan, budget, served = StepPlan(), self.cfg.step_token_budget, []
+        plan, budget, served = StepPlan(), self._prefill_budget(), []
         for req in list(self._prefill_queue):
             if budget <= 0:
                 break
@@ -208,6 +213,16 @@ class Scheduler:
             self._prefill_queue.append(req)
         plan.decode = list(self._decoding)
         return plan if plan.prefill or plan.decode else None
+
+    def _prefill_budget(self) -> int:
+        """Prompt tokens this step may prefill: the step budget, and while requests decode no more than the
+        measured prefill speed does in ``decode_stall_s`` (at least ``_MIN_STALL_CHUNK``), so the tokens they
+        stream are never held up by seconds of someone else's prompt (stall-free batching, as Sarathi-Serve)."""
+        budget = self.cfg.step_token_budget
+        if self._decoding and self.cfg.decode_stall_s > 0:
+            bounded = int(self.admission.prefill_tok_s * self.cfg.decode_stall_s)
+            budget = min(budget, max(_MIN_STALL_CHUNK, bounded))
+        return budget
 
     def execute(self, plan: StepPlan) -> StepResult:
         """Run the plan on the backend. Touches no scheduler state, so it may run without the caller's lock."""

@@ -26,6 +26,7 @@ from pdlink.cloud.metrics import CloudMetrics
 from pdlink.cloud.outputs import Output
 from pdlink.cloud.request import Request
 from pdlink.cloud.scheduler import Scheduler
+from pdlink.cloud.slowed_backend import SlowedBackend
 from pdlink.cloud.worker import ModelWorker
 from pdlink.common.protocol import PROTOCOL_VERSION, ServerConnection
 
@@ -45,8 +46,9 @@ class CloudServer:
             raise ValueError(f"--max-prompt-tokens + --max-leading-tokens = {need} exceeds the model's context "
                              f"window of {self.backend.context_window}; lower them")
         self.tokenizer = self.backend.tokenizer
-        self.worker = ModelWorker(Scheduler(self.backend, cfg.scheduler_config()), self._outputs_from_worker,
-                                  min_step_s=cfg.min_step_s)
+        if cfg.min_step_s:
+            self.backend = SlowedBackend(self.backend, cfg.min_step_s)
+        self.worker = ModelWorker(Scheduler(self.backend, cfg.scheduler_config()), self._outputs_from_worker)
         self.metrics = CloudMetrics(self.worker.stats)
         self._connections: dict[int, Connection] = {}
         self._ids = itertools.count(1)

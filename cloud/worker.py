@@ -5,8 +5,7 @@ commands (``admit``, ``stop``, ``cancel``) that take effect on the scheduler's b
 (under a lock) and wake the thread, and reads ``stats()``, a frozen snapshot taken under the same lock.
 The thread frees sequences, plans a step, computes it without the lock (backend calls release the
 GIL), then accounts for it and hands the frozen outputs to ``on_outputs`` (called from the worker thread).
-With ``min_step_s`` a step that computed faster waits out the rest before it is accounted (and its wait
-counts as compute): a slower or busier cloud, emulated the way ``DeviceProfile`` emulates a slower device.
+A slower cloud is emulated by the backend it runs (``pdlink.cloud.slowed_backend``), not here.
 """
 
 from __future__ import annotations
@@ -28,9 +27,8 @@ T = TypeVar("T")
 class ModelWorker:
     """Thread-safe front of a :class:`Scheduler`; ``start()`` it, ``close()`` it."""
 
-    def __init__(self, scheduler: Scheduler, on_outputs: Callable[[list[Output]], None], min_step_s: float = 0.0):
+    def __init__(self, scheduler: Scheduler, on_outputs: Callable[[list[Output]], None]):
         self._scheduler = scheduler
-        self._min_step_s = min_step_s
         self._on_outputs = on_outputs
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -115,7 +113,7 @@ class ModelWorker:
             if plan is None:
                 continue
             try:
-                result = self._hold(sched.execute(plan))
+                result = sched.execute(plan)
                 with self._lock:
                     outputs = sched.update(plan, result)
             except Exception as exc:  # end the step's requests, keep serving the rest
@@ -127,14 +125,3 @@ class ModelWorker:
                     self._on_outputs(outputs)
                 except Exception:
                     log.exception("delivering outputs failed")
-
-    def _hold(self, result: StepResult) -> StepResult:
-        """Wait out the rest of ``min_step_s`` after a step that computed faster, and count the wait."""
-        pad = self._min_step_s - (result.prefill_s + result.decode_s)
-        if pad > 0:
-            time.sleep(pad)
-            if result.decode_logits is not None:
-                result.decode_s += pad
-            else:
-                result.prefill_s += pad
-        return result

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 _WINDOW = 8  # arrival gaps and steps the measurements look back on
 _MAX_STEPS = 10_000  # bound on the forecast's loop
-_SLOW_CLOUD_MARGIN = 0.15  # a cloud slower than the bound is held as if this much slower still (it drifts)
-_STRETCH = 1.3  # the slowest pace when the buffer cannot last at the bound (times the bound)
+_SLOW_CLOUD_MARGIN = 0.25  # a cloud slower than the bound is held as if this much slower still (it drifts)
+STRETCH = 1.3  # the slowest pace when the buffer cannot last at the bound (times the bound)
 _MAX_MARGIN = 0.25  # the largest padding of a forecast hand-over (share of the time still to go)
 
 
@@ -150,7 +150,7 @@ class PacePlanner:
         """The speed controller's tau now (module docstring): the bound until the hand-over (the slowest pace
         within it lasts the buffer longest; a forecast too early would drain a faster one) -- unless even the
         bound would show the last cloud token (``to_show`` still to come) more than a bound before the
-        forecast hand-over: then the rest is spread evenly up to ``_STRETCH`` times the bound, many slightly
+        forecast hand-over: then the rest is spread evenly up to ``STRETCH`` times the bound, many slightly
         longer gaps instead of one stall. After the hand-over: a little faster than the device's measured
         decode step, so the buffered tokens drain without a burst."""
         b = self.bound_s
@@ -159,4 +159,4 @@ class PacePlanner:
         if handover is None or last_shown_s is None or to_show < 1:
             return b
         spread = (handover[0] - last_shown_s) / (to_show + 1)
-        return min(_STRETCH * b, max(b, spread))
+        return min(STRETCH * b, max(b, spread))

@@ -24,6 +24,7 @@ from enum import Enum
 from pdlink.common.protocol_messages import DoneReason
 from pdlink.common.reasons import FinishReason
 from pdlink.edge.fallback import Fallback
+from pdlink.edge.pace_planner import STRETCH
 from pdlink.edge.session_settings import CloudPlan
 from pdlink.edge.speed_controller import SpeedController
 
@@ -112,7 +113,9 @@ class SessionCore:
         self.handover_index: int | None = None
         self.fallback: str | None = fallback
         self.finish_reason: FinishReason | None = None
-        self.controller: SpeedController[tuple[int, int, str]] = SpeedController(pace_s, max_gap_s)
+        # with a pacer (pd) the pace may spread a buffer that cannot last past the bound, up to STRETCH times it
+        clamp = max_gap_s * STRETCH if plan is not None and max_gap_s is not None else max_gap_s
+        self.controller: SpeedController[tuple[int, int, str]] = SpeedController(pace_s, clamp)
         self.shown: list[ShownToken] = []
         self._outbox: list[StopCloud] = []
         self._computing = 0  # tokens of the local step in flight (0: none)

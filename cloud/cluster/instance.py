@@ -20,6 +20,7 @@ from pdlink.cloud.backend import Backend, load_backend
 from pdlink.cloud.cluster.instance_spec import InstanceSpec
 from pdlink.cloud.outputs import Output
 from pdlink.cloud.scheduler import Scheduler
+from pdlink.cloud.slowed_backend import SlowedBackend
 from pdlink.cloud.worker import ModelWorker
 
 log = logging.getLogger(__name__)
@@ -34,8 +35,10 @@ class Instance(ABC):
         self.spec = spec
         self.backend = backend or load_backend(spec.model, threads=spec.threads, max_sequences=spec.slots,
                                                model_id=spec.model_id or None, context_window=spec.context_window)
+        if spec.min_step_s:
+            self.backend = SlowedBackend(self.backend, spec.min_step_s)
         self.scheduler = self._make_scheduler()
-        self.worker = ModelWorker(self.scheduler, self._from_worker, min_step_s=spec.min_step_s)
+        self.worker = ModelWorker(self.scheduler, self._from_worker)
         self._queues: dict[Hashable, asyncio.Queue] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False

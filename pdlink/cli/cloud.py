@@ -17,7 +17,7 @@ from pdlink.common.models import DEFAULT_MODEL
 
 SERVE_FLAGS = ("model", "model_id", "host", "port", "device", "threads", "max_prompt_tokens", "max_leading_tokens",
                "max_concurrent_requests", "max_requests_per_connection", "max_connections", "max_message_bytes",
-               "max_batch_sequences", "step_token_budget", "prefill_chunk_tokens", "ttft_budget_s",
+               "max_batch_sequences", "step_token_budget", "prefill_chunk_tokens", "decode_stall_s", "ttft_budget_s",
                "handshake_timeout_s", "idle_timeout_s", "tls_cert", "tls_key", "min_step_s")
 SERVE_HELP = {
     "model": f"{DEFAULT_MODEL}, a .gguf file, an HF model dir, or a compiled package dir (runs on its engine)",
@@ -25,6 +25,8 @@ SERVE_HELP = {
     "port": "TCP port (0 = any free port; the ready line names it)",
     "device": "cpu, cuda or npu", "threads": "torch/TVM threads (0 = library default)",
     "tls_cert": "PEM certificate chain: serve wss://", "tls_key": "PEM private key for --tls-cert",
+    "decode_stall_s": "while requests stream tokens, a step prefills others' prompts for at most this long at the "
+                      "measured speed (0 = no bound: a long prompt may stall the streams)",
     "min_step_s": "hold each step to at least this many seconds: emulates a slower or busier cloud (tests, "
                   "benchmarks; 0 = off)",
 }

@@ -261,3 +261,24 @@ def test_add_refuses_duplicates_and_requests_beyond_the_context_window():
         Request("empty", [], max_tokens=1)
     with pytest.raises(ValueError):
         SchedulerConfig(step_token_budget=16, prefill_chunk_tokens=32)
+
+
+def test_decode_stall_bound_keeps_streams_flowing_under_a_long_prompt():
+    # the fake backend prefills 1000 tok/s (1 ms a token): 0.02 s of stall = 20 prompt tokens per step
+    sched, _ = make(step_token_budget=512, prefill_chunk_tokens=512, decode_stall_s=0.02, initial_prefill_tok_s=1000)
+    sched.add(Request("streaming", prompt(8), 40))
+    sched.step()  # its prefill; it decodes from now on
+    sched.add(Request("long", prompt(400, start=7), 2))
+    chunks = []
+    for _ in range(5):
+        plan = sched.schedule()
+        chunks.append(sum(b - a for _, a, b in plan.prefill))
+        sched.update(plan, sched.execute(plan))
+    assert all(16 <= c <= 20 for c in chunks), chunks  # not one 400-token step while "streaming" waits
+    unbounded, _ = make(step_token_budget=512, prefill_chunk_tokens=512)
+    unbounded.add(Request("streaming", prompt(8), 40))
+    unbounded.step()
+    unbounded.add(Request("long", prompt(400, start=7), 2))
+    assert sum(b - a for _, a, b in unbounded.schedule().prefill) == 400
+    with pytest.raises(ValueError, match="decode_stall_s"):
+        SchedulerConfig(decode_stall_s=-1)

@@ -11,6 +11,7 @@ from pdlink.cloud.config import CloudConfig
 from pdlink.cloud.outputs import FinishedOutput, TokenOutput
 from pdlink.cloud.request import Request
 from pdlink.cloud.scheduler import Scheduler, SchedulerConfig
+from pdlink.cloud.slowed_backend import SlowedBackend
 from pdlink.cloud.worker import ModelWorker
 
 from .fake_backend import FakeBackend, FakeClock, continuation
@@ -22,8 +23,10 @@ def serve_one(min_step_s: float, k: int = 5) -> tuple[list[int], FinishedOutput]
     """One request through a started worker; returns its tokens and its finish (bounded waits)."""
     clock = FakeClock()  # the fake backend charges 1 ms per prompt token and 20 ms per decode step on it
     outputs: queue.Queue = queue.Queue()
-    worker = ModelWorker(Scheduler(FakeBackend(clock), SchedulerConfig(), clock=clock),
-                         lambda outs: [outputs.put(o) for o in outs], min_step_s=min_step_s)
+    backend = FakeBackend(clock)
+    if min_step_s:  # a slower cloud: every model call held to min_step_s (on the fake clock)
+        backend = SlowedBackend(backend, min_step_s, clock=clock, sleep=lambda s: setattr(clock, "now", clock.now + s))
+    worker = ModelWorker(Scheduler(backend, SchedulerConfig(), clock=clock), lambda outs: [outputs.put(o) for o in outs])
     worker.start()
     try:
         assert worker.admit(Request("r", PROMPT, k)).accepted
@@ -44,7 +47,7 @@ def test_the_worker_streams_the_greedy_tokens_and_counts_compute():
     assert fin.busy_s == pytest.approx(len(PROMPT) * 0.001 + 4 * 0.02)  # one prefill step, four decode steps
 
 
-def test_min_step_s_holds_each_step_and_counts_the_wait():
+def test_a_slowed_backend_holds_each_call_and_the_wait_counts_as_busy():
     tokens, fin = serve_one(min_step_s=0.05)
     assert tokens == continuation(PROMPT, 5)  # the same answer, only slower
     assert fin.busy_s == pytest.approx(5 * 0.05)
