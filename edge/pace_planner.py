@@ -30,6 +30,23 @@ STRETCH = 1.3  # the slowest pace when the buffer cannot last at the bound (time
 _MAX_MARGIN = 0.25  # the largest padding of a forecast hand-over (share of the time still to go)
 
 
+@dataclass(frozen=True)
+class Progress:
+    """Where a pd request stands, as the core sees it (the forecast's starting point)."""
+
+    prompt_tokens: int  # what the device computes of the prompt (fewer once refined)
+    computed: int  # num_computed_tokens
+    received: int  # cloud tokens received
+    in_flight: int  # tokens of the local step running (0: none)
+    in_flight_since_s: float | None
+    cloud_limit: int  # k
+    streaming: bool  # the cloud still sends tokens
+    chunk: int
+    max_tokens: int
+    shown: int  # tokens shown so far
+    last_shown_s: float | None
+
+
 @dataclass
 class PacePlanner:
     """Measurements and the forecast of one pd request (see the module docstring)."""
@@ -126,6 +143,27 @@ class PacePlanner:
         return min(_MAX_MARGIN, spread / 2 + off)
 
     # ------------------------------------------------------------------ the decisions
+
+    def advise(self, now_s: float, at: Progress) -> tuple[float, float | None]:
+        """``(pace_s, hold_until_s)`` before the hand-over; ``hold_until_s`` is None once a token is shown (a
+        hold only ever delays the first). While fewer than three tokens arrived (two gaps measured) the first
+        waits, at most until a bound before the device's own first token."""
+        streaming = at.streaming and at.received < at.cloud_limit
+        common = dict(prompt_tokens=at.prompt_tokens, computed=at.computed, in_flight=at.in_flight,
+                      in_flight_since_s=at.in_flight_since_s, chunk=at.chunk, max_tokens=at.max_tokens)
+        forecast = self.handover(now_s, received=at.received, cloud_limit=at.cloud_limit, streaming=streaming,
+                                 **common)
+        hold_until = None
+        if at.shown == 0:
+            alone = self.handover(now_s, received=0, cloud_limit=0, streaming=False, **common)
+            latest = (alone[0] if alone else now_s) - self.bound_s
+            cloud_tokens = min(at.cloud_limit, at.max_tokens)
+            first = self.arrivals[0]
+            measuring = streaming and len(self.arrivals) < min(3, at.cloud_limit)
+            hold = latest if measuring else first + self.hold_s(now_s, first, forecast, latest, cloud_tokens)
+            hold_until = max(first, hold)
+        to_show = (forecast[1] if forecast is not None else min(at.cloud_limit, at.max_tokens)) - at.shown
+        return self.pace_s(False, last_shown_s=at.last_shown_s, to_show=to_show, handover=forecast), hold_until
 
     def hold_s(self, now_s: float, first_arrival_s: float, handover: tuple[float, int] | None,
                latest_first_show_s: float, cloud_tokens: int) -> float:

@@ -24,7 +24,7 @@ from enum import Enum
 from pdlink.common.protocol_messages import DoneReason
 from pdlink.common.reasons import FinishReason
 from pdlink.edge.fallback import Fallback
-from pdlink.edge.pace_planner import STRETCH
+from pdlink.edge.pace_planner import STRETCH, Progress
 from pdlink.edge.session_settings import CloudPlan
 from pdlink.edge.speed_controller import SpeedController
 
@@ -339,31 +339,19 @@ class SessionCore:
         p = self.pacer
         if p is None or self.state is SessionState.FINISHED or not p.arrivals:
             return
-        if self.state is SessionState.DECODING:
+        if self.state is SessionState.DECODING or self.cloud is CloudState.FAILED:
             if self.handover_index is not None:
                 self.controller.set_pace(p.pace_s(handed_over=True))
             self.controller.hold_until(float("-inf"))
             return
-        if self.cloud is CloudState.FAILED:
-            self.controller.hold_until(float("-inf"))
-            return
-        streaming = self.cloud is CloudState.STREAMING and self.cloud_tokens_received < self.cloud_limit
-        forecast = p.handover(now_s, prompt_tokens=len(self.prompt), computed=self.num_computed_tokens,
-                              received=self.cloud_tokens_received, in_flight=self._computing,
-                              in_flight_since_s=self._computing_since, cloud_limit=self.cloud_limit,
-                              streaming=streaming, chunk=self.chunk_size, max_tokens=self.max_tokens)
-        if not self.shown:
-            alone = p.handover(now_s, prompt_tokens=len(self.prompt), computed=self.num_computed_tokens, received=0,
-                               in_flight=self._computing, in_flight_since_s=self._computing_since,
-                               cloud_limit=0, streaming=False, chunk=self.chunk_size, max_tokens=self.max_tokens)
-            latest = (alone[0] if alone else now_s) - p.bound_s
-            measuring = streaming and len(p.arrivals) < min(3, self.cloud_limit)
-            hold = latest if measuring else p.arrivals[0] + p.hold_s(now_s, p.arrivals[0], forecast, latest,
-                                                                       min(self.cloud_limit, self.max_tokens))
-            self.controller.hold_until(max(p.arrivals[0], hold))
-        to_show = (forecast[1] if forecast is not None else min(self.cloud_limit, self.max_tokens)) - len(self.shown)
-        self.controller.set_pace(p.pace_s(False, last_shown_s=self.controller.last_shown_s, to_show=to_show,
-                                          handover=forecast))
+        pace, hold_until = p.advise(now_s, Progress(
+            prompt_tokens=len(self.prompt), computed=self.num_computed_tokens, received=self.cloud_tokens_received,
+            in_flight=self._computing, in_flight_since_s=self._computing_since, cloud_limit=self.cloud_limit,
+            streaming=self.cloud is CloudState.STREAMING, chunk=self.chunk_size, max_tokens=self.max_tokens,
+            shown=len(self.shown), last_shown_s=self.controller.last_shown_s))
+        if hold_until is not None:
+            self.controller.hold_until(hold_until)
+        self.controller.set_pace(pace)
 
     def _finish(self, reason: FinishReason) -> None:
         self.finish_reason = reason

@@ -81,6 +81,7 @@ class RequestRecord:
     cloud_tokens: int = 0
     device_wait_s: float = 0.0
     token_ids: tuple[int, ...] = field(default=(), repr=False)  # for the lossless check across modes
+    gap_miss_cause: str | None = None  # why the largest gap went past the bound (None: within it, or not known)
 
     @classmethod
     def from_result(cls, index: int, arrival_s: float, result, device_wait_s: float = 0.0) -> "RequestRecord":
@@ -92,7 +93,7 @@ class RequestRecord:
                    cloud_busy_s=float(result.cloud_busy_s or 0.0), handover_index=result.handover_index,
                    fallback=result.fallback, device_tokens=result.origins.count("device"),
                    cloud_tokens=result.origins.count("cloud"), device_wait_s=device_wait_s,
-                   token_ids=tuple(result.token_ids))
+                   token_ids=tuple(result.token_ids), gap_miss_cause=getattr(result, "gap_miss_cause", None))
 
 
 def summarize(cfg: TraceBenchConfig, records: list[RequestRecord], extra: dict | None = None) -> dict:
