@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 _WINDOW = 8  # arrival gaps and steps the measurements look back on
 _MAX_STEPS = 10_000  # bound on the forecast's loop
-_SLOW_CLOUD_MARGIN = 0.25  # a cloud slower than the bound is held as if this much slower still (it drifts)
-STRETCH = 1.3  # the slowest pace when the buffer cannot last at the bound (times the bound)
+_SLOW_CLOUD_MARGIN = 0.4  # a cloud slower than the bound is held as if this much slower still (it drifts)
+STRETCH = 1.5  # the slowest pace when the buffer cannot last at the bound (times the bound)
 _MAX_MARGIN = 0.25  # the largest padding of a forecast hand-over (share of the time still to go)
 
 

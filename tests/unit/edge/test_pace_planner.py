@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pdlink.edge.gap_report import gap_miss
-from pdlink.edge.pace_planner import PacePlanner
+from pdlink.edge.pace_planner import STRETCH, PacePlanner
 from pdlink.edge.session_core import SessionCore
 from pdlink.edge.timeline import Timeline
 
@@ -48,9 +48,9 @@ def test_measured_steps_replace_the_profile_and_set_the_pace_after_the_hand_over
     overhead, per_token = p.device_step_cost()
     assert per_token == pytest.approx(0.01) and overhead == pytest.approx(0.05)
     assert p.pace_s(handed_over=True) == pytest.approx(0.036) and p.pace_s(handed_over=False) == 0.045
-    # a buffer that cannot last to the hand-over at the bound is spread (at most 1.3 bounds a token)
+    # a buffer that cannot last to the hand-over at the bound is spread (at most STRETCH bounds a token)
     assert p.pace_s(False, last_shown_s=1.0, to_show=9, handover=(1.55, 50)) == pytest.approx(0.055)
-    assert p.pace_s(False, last_shown_s=1.0, to_show=1, handover=(5.0, 50)) == pytest.approx(0.045 * 1.3)
+    assert p.pace_s(False, last_shown_s=1.0, to_show=1, handover=(5.0, 50)) == pytest.approx(0.045 * STRETCH)
 
 
 def test_the_core_holds_its_first_cloud_token_and_lifts_the_hold_on_a_failure():
