@@ -9,12 +9,13 @@ Pure Python, no clock: the session core feeds it what happened (a cloud token ar
   ``s_0 - t0 >= (j-1)(c-B)``), and so does a hand-over the buffer would not last until
   (``s_0 + (j-1)B >= t_h - B``). TTFT pays for the hold; it never moves past the device's own first token.
 - ``pace_s``: the speed controller's tau: the bound before the hand-over (the slowest allowed pace makes the
-  buffer last longest), then the device's measured decode time, a little faster, so the buffered tokens
-  drain without a burst and later gaps are the device's own steps.
+  buffer last longest; a buffer that would still run dry is spread up to ``STRETCH`` times it), then the
+  device's measured decode time, a little faster, so the buffered tokens drain without a burst and later
+  gaps are the device's own steps.
 
-Both come from one forecast, ``handover``: the device's remaining prefill (its measured seconds per token,
-the profile's until a step was timed) against the cloud's measured inter-arrival time (the median of the
-last gaps; the estimate until two tokens arrived), step by step as ``SessionCore`` computes (chunks of the
+Both come from one forecast, ``handover``: the device's remaining prefill (its measured step cost, the
+profile's until a step was timed) against the cloud's measured inter-arrival time (the mean of the last
+gaps; the estimate until two tokens arrived), step by step as ``SessionCore`` computes (chunks of the
 prompt's tail and the received tokens).
 """
 
@@ -74,11 +75,15 @@ class PacePlanner:
         else:
             self._prefill_steps = [*self._prefill_steps[-2 * _WINDOW + 1:], (num_tokens, spent)]
 
+    def _recent_gaps(self) -> list[float]:
+        recent = self.arrivals[-2 * _WINDOW - 1:]
+        return [b - a for a, b in zip(recent, recent[1:])]
+
     def cloud_interval_s(self) -> float:
         """The cloud's time between tokens: the mean of the last measured gaps (a stall counts: the buffer must
         cover it), else the estimate."""
-        recent = self.arrivals[-2 * _WINDOW - 1:]
-        return (recent[-1] - recent[0]) / (len(recent) - 1) if len(recent) > 1 else self.cloud_tpot_s
+        gaps = self._recent_gaps()
+        return statistics.fmean(gaps) if gaps else self.cloud_tpot_s
 
     def device_step_cost(self) -> tuple[float, float]:
         """``(overhead_s, seconds per token)`` of a local prefill step, from the measured steps: the rate from
@@ -96,7 +101,8 @@ class PacePlanner:
 
     def device_decode_s(self) -> float:
         """The device's decode step: the median of the last ones, else the profile's."""
-        return statistics.median(self._decode_steps) if self._decode_steps else self.device_tpot_s
+        measured = self.measured_decode_s()
+        return self.device_tpot_s if measured is None else measured
 
     # ------------------------------------------------------------------ the forecast
 
@@ -134,10 +140,9 @@ class PacePlanner:
         """How unsure the forecast is, as a share of the time still to go: half the spread (coefficient of
         variation) of the cloud's recent gaps plus how far the device's measured prefill rate is off the
         profile's, at most ``_MAX_MARGIN``; 0 when everything runs as predicted."""
-        recent = self.arrivals[-2 * _WINDOW - 1:]
-        gaps = [b - a for a, b in zip(recent, recent[1:])]
-        spread = statistics.pstdev(gaps) / statistics.fmean(gaps) if len(gaps) > 1 and statistics.fmean(gaps) > 0 \
-            else 0.0
+        gaps = self._recent_gaps()
+        mean = statistics.fmean(gaps) if gaps else 0.0
+        spread = statistics.pstdev(gaps) / mean if len(gaps) > 1 and mean > 0 else 0.0
         _, per_token = self.device_step_cost()
         off = abs(per_token / self.token_s - 1.0) if self.token_s > 0 else 0.0
         return min(_MAX_MARGIN, spread / 2 + off)

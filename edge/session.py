@@ -163,10 +163,10 @@ class Session:
         if not self.cfg.learn_corrections or result.mode != "pd" or not measured.get("cloud_ttft_s") \
                 or not predicted.get("cloud_ttft_s"):
             return
-        interval = measured.get("cloud_interval_s")
-        estimate = self.cloud_estimate
-        learnt = self.correction.learn(measured["cloud_ttft_s"] / predicted["cloud_ttft_s"],
-                                       interval / estimate.tpot_s if interval and estimate.tpot_s else None)
+        interval, correction = measured.get("cloud_interval_s"), self.correction
+        tpot = correction.apply(self.cfg.cloud_estimate).tpot_s  # the estimate the request was planned with
+        learnt = correction.learn(measured["cloud_ttft_s"] / predicted["cloud_ttft_s"],
+                                  interval / tpot if interval and tpot else None)
         self.corrections.put(self.profile.name, self.cfg.cloud.url, learnt)
 
     @property
@@ -245,11 +245,12 @@ class Session:
         if req.mode != "cloud" and self.engine is None:
             raise ValueError(f"mode {req.mode!r} needs a package (the device's model)")
         ids = self._prompt_ids(prompt, req.raw)
-        settings = self._settings(req, len(ids) if ids is not None else 0)
+        cloud = self.cloud_estimate if req.mode == "pd" else self.cfg.cloud_estimate  # read the store once
+        settings = self._settings(req, len(ids) if ids is not None else 0, cloud)
         seq, cached = await self._asequence_for(ids, req) if req.mode != "cloud" else (None, 0)
         run = None
         try:
-            run = SessionRun(self, req, prompt, ids, settings, seq, cached)
+            run = SessionRun(self, req, prompt, ids, settings, seq, cached, cloud)
             async for tok in run.drive():
                 yield tok
         finally:
@@ -277,7 +278,10 @@ class Session:
                                      f"context window of {self.engine.context_window} tokens; shorten the prompt "
                                      "or lower --max-tokens")
 
-    def _settings(self, req: GenerationRequest, prompt_tokens: int) -> SessionSettings:
+    def _settings(self, req: GenerationRequest, prompt_tokens: int,
+                  cloud: CloudEstimate | None = None) -> SessionSettings:
+        """The request's settings against ``cloud`` (default: the corrected cloud estimate)."""
+        cloud = cloud or self.cloud_estimate
         if self.engine is not None:
             self._check_fits(prompt_tokens, req.max_tokens)
         chunk = req.chunk_size or self.cfg.chunk_size
@@ -288,11 +292,11 @@ class Session:
         refine = req.refine or self.cfg.refine
         if self.cfg.settings_version == 2:
             chunks = (chunk,) if req.chunk_size else tuple(c for c in CHUNK_CHOICES if c <= chunk) or (chunk,)
-            settings = decide_settings_v2(prompt_tokens, req.max_tokens, self.profile, self.cloud_estimate,
+            settings = decide_settings_v2(prompt_tokens, req.max_tokens, self.profile, cloud,
                                           max_gap_s=self.cfg.max_gap_s, ttft_slo_s=self.cfg.ttft_slo_s, refine=refine,
                                           keep_ratio=self.cfg.refine_keep_ratio, chunks=chunks)
         else:
-            settings = decide_settings(prompt_tokens, req.max_tokens, self.profile, self.cloud_estimate,
+            settings = decide_settings(prompt_tokens, req.max_tokens, self.profile, cloud,
                                        max_gap_s=self.cfg.max_gap_s, chunk_size=chunk, refine=refine,
                                        keep_ratio=self.cfg.refine_keep_ratio)
         if req.k is None and req.pace_s is None and req.chunk_size is None:

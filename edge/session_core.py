@@ -205,10 +205,8 @@ class SessionCore:
             return
         self.cloud = CloudState.RELEASED if token_id in self.stop_token_ids else CloudState.STREAMING
         self.cloud_tokens_received += 1
-        if self.pacer is not None:
+        if self.pacer is not None:  # every plan has one: it sets the pace from the first token on (``_repace``)
             self.pacer.on_arrival(now_s)
-        if index == 0 and self.plan is not None:
-            self.controller.set_pace(self.plan.first_token_pace(now_s, self.cloud_limit))
         if self.state in (SessionState.DECODING, SessionState.FINISHED):
             return
         self._commit(token_id, "cloud", now_s)

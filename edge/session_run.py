@@ -16,7 +16,7 @@ from pdlink.common.sampling import Sampler
 from pdlink.edge.cloud_link import CloudFailure, CloudLink
 from pdlink.edge.session_core import SessionCore, SessionState
 from pdlink.edge.session_result import SessionResult, build_result
-from pdlink.edge.session_settings import CloudPlan, SessionSettings
+from pdlink.edge.session_settings import CloudEstimate, CloudPlan, SessionSettings
 from pdlink.edge.text_stream import TextStream
 from pdlink.edge.timeline import Timeline
 
@@ -39,9 +39,9 @@ class SessionRun:
     """The core, the engine sequence, the cloud link and the timeline of one request."""
 
     def __init__(self, session: Session, req: GenerationRequest, prompt: str | list[int], ids: list[int] | None,
-                 settings: SessionSettings, seq: int | None, cached_tokens: int):
+                 settings: SessionSettings, seq: int | None, cached_tokens: int, cloud_estimate: CloudEstimate):
         self.s, self.req, self.prompt, self.ids, self.settings = session, req, prompt, ids, settings
-        self.seq, self.cached_tokens = seq, cached_tokens
+        self.seq, self.cached_tokens, self.cloud_estimate = seq, cached_tokens, cloud_estimate
         stop_ids = set() if req.ignore_eos else session.stop_ids
         gap_bound = max(session.cfg.max_gap_s, settings.gap_bound_s or 0.0)  # v2: the pace may be the device's TPOT
         self.core = SessionCore(
@@ -62,7 +62,7 @@ class SessionRun:
     def _plan(self) -> CloudPlan:
         return CloudPlan(self.settings, self.s.profile, len(self.ids), self.req.max_tokens, self.s.cfg.max_gap_s,
                          downlink_s=self.s.cfg.network.rtt_ms / 2000, caller_set=self.settings.reason == "set by the caller",
-                         cloud=self.s.cloud_estimate)
+                         cloud=self.cloud_estimate)
 
     def _now(self) -> float:
         return time.perf_counter() - self.t0
